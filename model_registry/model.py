@@ -1,0 +1,136 @@
+"""A loaded registry entry and the recognition core: ``Model.recognize(image bytes)``.
+
+The HTTP app and the SCF adapter both call ``recognize``; it is the whole data path of a
+request after transport: decode, preprocess chain, interpreter, decoder, postprocess chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Any
+
+import numpy as np
+
+from model_registry.decoders import DECODERS, output_classes
+from model_registry.errors import CapserveError, RecognitionFailed
+from model_registry.runtime import Runtime
+from model_registry.spec import ModelSpec, SpecError
+from plugins.chain import ChainError, InputShape, Postprocessor, Preprocessor, compile_postprocess, compile_preprocess
+from plugins.images import DEFAULT_LIMITS, ImageLimits, decode_image
+
+
+@dataclasses.dataclass(frozen=True)
+class Recognition:
+    text: str
+    confidence: float
+    raw_text: str
+    char_confidences: tuple[float, ...]
+    timings_ms: dict[str, float]
+
+
+class Model:
+    """One servable entry: its spec, its interpreter pool and its compiled chains."""
+
+    def __init__(self, spec: ModelSpec, *, limits: ImageLimits = DEFAULT_LIMITS, max_interpreters: int = 8) -> None:
+        self.spec = spec
+        self.limits = limits
+        content = _read_model(spec)
+        self.runtime = Runtime(content, max_interpreters=max_interpreters)
+        _check_shapes(spec, self.runtime)
+        shape = InputShape(spec.width, spec.height, spec.channels)
+        try:
+            self.preprocess: Preprocessor = compile_preprocess(spec.preprocess, shape)
+            self.postprocess: Postprocessor = compile_postprocess(spec.postprocess)
+        except ChainError as exc:
+            raise SpecError(spec.path, f"{exc.chain}[{exc.index}]", f"step {exc.step!r}: {exc.reason}") from None
+        self._decode = DECODERS[spec.decoder]
+
+    def warm_up(self) -> None:
+        """Run the interpreter once so the first request pays no one-off cost."""
+        self.runtime.run(np.zeros((self.spec.height, self.spec.width, self.spec.channels), np.float32))
+
+    def tensor(self, data: bytes) -> np.ndarray:
+        """The model input for image bytes: decode and the preprocess chain."""
+        image = decode_image(data, frames=self.preprocess.wants_frames, limits=self.limits)
+        return self.preprocess.tensor(image)
+
+    def recognize(self, data: bytes) -> Recognition:
+        t0 = time.perf_counter()
+        image = decode_image(data, frames=self.preprocess.wants_frames, limits=self.limits)
+        t1 = time.perf_counter()
+        try:
+            tensor = self.preprocess.tensor(image)
+            t2 = time.perf_counter()
+            probs = self.runtime.run(tensor)
+            t3 = time.perf_counter()
+            raw, confidences = self._decode(probs, self.spec.charset)
+            text = self.postprocess(raw, confidences)
+        except CapserveError:
+            raise
+        except Exception as exc:  # a plugin or the interpreter failed on this one request
+            raise RecognitionFailed(f"{self.spec.site} v{self.spec.version}: {type(exc).__name__}: {exc}") from exc
+        t4 = time.perf_counter()
+        return Recognition(
+            text=text,
+            confidence=float(np.prod(confidences)) if confidences else 0.0,
+            raw_text=raw,
+            char_confidences=confidences,
+            timings_ms={
+                "decode": (t1 - t0) * 1e3,
+                "preprocess": (t2 - t1) * 1e3,
+                "invoke": (t3 - t2) * 1e3,
+                "postprocess": (t4 - t3) * 1e3,
+            },
+        )
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "site": spec.site,
+            "version": spec.version,
+            "description": spec.description,
+            "input": {"width": spec.width, "height": spec.height, "channels": spec.channels},
+            "charset": spec.charset,
+            "decoder": spec.decoder,
+            "length": {"min": spec.min_length, "max": spec.max_length},
+            "preprocess": list(self.preprocess.names),
+            "postprocess": list(self.postprocess.names),
+            "model_bytes": self.runtime.size,
+            "quantization": spec.quantization,
+            "training": spec.training,
+        }
+
+
+def _read_model(spec: ModelSpec) -> bytes:
+    try:
+        content = spec.model_file.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(spec.path, "model.file", f"{spec.model_file.name} does not exist") from None
+    except OSError as exc:
+        raise SpecError(spec.path, "model.file", f"cannot be read: {exc}") from None
+    if spec.sha256 is not None:
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != spec.sha256:
+            raise SpecError(spec.path, "model.sha256", f"does not match {spec.model_file.name} (its sha256 is {digest})")
+    return content
+
+
+def _check_shapes(spec: ModelSpec, runtime: Runtime) -> None:
+    expected_in = (1, spec.height, spec.width, spec.channels)
+    if runtime.input_shape != expected_in:
+        raise SpecError(
+            spec.path, "input", f"the entry says {expected_in[1:]} (H, W, C), the model takes {runtime.input_shape}"
+        )
+    classes = output_classes(spec.decoder, spec.charset)
+    out = runtime.output_shape
+    if len(out) != 3 or out[-1] != classes:
+        raise SpecError(
+            spec.path,
+            "charset",
+            f"{len(spec.charset)} characters need {classes} output classes with the {spec.decoder} decoder, "
+            f"the model outputs shape {out}",
+        )
+    if spec.decoder == "fixed" and out[1] != spec.max_length:
+        raise SpecError(spec.path, "length", f"the model predicts {out[1]} positions, the entry says {spec.max_length}")

@@ -1,0 +1,216 @@
+"""Find, load, version and hot-reload registry entries.
+
+A registry is one or more folders. An entry is a folder holding ``model.yaml`` (and the
+``.tflite`` file it names), one or two levels below a registry folder:
+``<root>/<name>/model.yaml`` or ``<root>/<site>/<version>/model.yaml``. For each site the
+highest version that loaded serves.
+
+``refresh()`` rescans the folders and (re)loads only what changed. A changed entry replaces
+the old one only after it loaded and warmed up; if it fails, the last good copy keeps serving
+and the entry is reported FAILED with the error. Requests hold a reference to the ``Model``
+they started with, so swapping never disturbs one in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from model_registry.errors import ModelUnavailable, UnknownSite
+from model_registry.model import Model
+from model_registry.runtime import RuntimeLoadError
+from model_registry.spec import ENTRY_FILE, SITE_PATTERN, SpecError, load_spec
+from plugins.images import DEFAULT_LIMITS, ImageLimits
+
+log = logging.getLogger("capserve.registry")
+
+BUNDLED = Path(__file__).parent / "bundled"
+ENV_VAR = "CAPSERVE_REGISTRY"
+
+AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
+
+
+def default_roots() -> list[Path]:
+    """Folders from ``$CAPSERVE_REGISTRY`` (``os.pathsep``-separated), else the bundled entries."""
+    value = os.environ.get(ENV_VAR, "")
+    return [Path(p) for p in value.split(os.pathsep) if p] or [BUNDLED]
+
+
+@dataclasses.dataclass
+class Entry:
+    """What the registry knows of one ``model.yaml``."""
+
+    path: Path
+    signature: tuple
+    state: str = LOADING
+    error: str | None = None
+    site: str | None = None
+    version: int | None = None
+    model: Model | None = None  # the last copy that loaded; serves even while state is FAILED
+    loaded_at: float | None = None
+
+    def describe(self) -> dict:
+        out = {"path": str(self.path), "state": self.state, "site": self.site, "version": self.version}
+        if self.error:
+            out["error"] = self.error
+        if self.model is not None:
+            out["serving_version"] = self.model.spec.version
+        return out
+
+
+def _signature(yaml_path: Path) -> tuple:
+    """Changes whenever the YAML or any file beside it changes (mtime and size)."""
+    parts = []
+    for path in sorted(yaml_path.parent.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            parts.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(parts)
+
+
+def discover(roots: Iterable[Path]) -> list[Path]:
+    """Every ``model.yaml`` one or two levels below the roots, never outside them."""
+    found = []
+    for root in roots:
+        root = root.resolve()
+        if not root.is_dir():
+            log.warning("registry folder %s does not exist", root)
+            continue
+        for pattern in (f"*/{ENTRY_FILE}", f"*/*/{ENTRY_FILE}"):
+            for path in sorted(root.glob(pattern)):
+                # An entry reached through a link that leads outside the registry is skipped.
+                if path.resolve().is_relative_to(root) and path.is_file():
+                    found.append(path)
+    return found
+
+
+class Registry:
+    def __init__(
+        self,
+        roots: Iterable[Path | str] | None = None,
+        *,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        max_interpreters: int = 8,
+    ) -> None:
+        self.roots = [Path(r) for r in roots] if roots else default_roots()
+        self.limits = limits
+        self.max_interpreters = max_interpreters
+        self._entries: dict[Path, Entry] = {}
+        self._serving: dict[str, Model] = {}
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.ready = False
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def get(self, site: str) -> Model:
+        """The model serving ``site``; ``UnknownSite`` (404) if there is none."""
+        model = self._serving.get(site)
+        if model is not None:
+            return model
+        if not SITE_PATTERN.match(site):
+            raise UnknownSite(f"no model is registered for site {site[:64]!r}")
+        for entry in list(self._entries.values()):
+            if entry.site == site and entry.state == LOADING:
+                raise ModelUnavailable(f"the model for site {site!r} is still loading")
+        raise UnknownSite(f"no model is registered for site {site!r}")
+
+    def sites(self) -> list[str]:
+        return sorted(self._serving)
+
+    def entries(self) -> list[Entry]:
+        return sorted(self._entries.values(), key=lambda e: (e.site or "", -(e.version or 0), str(e.path)))
+
+    def site_entries(self, site: str) -> list[Entry]:
+        return [e for e in self.entries() if e.site == site]
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rescan the registry folders and load what is new or changed."""
+        with self._refresh_lock:
+            seen = set()
+            for path in discover(self.roots):
+                seen.add(path)
+                try:
+                    signature = _signature(path)
+                except OSError:
+                    continue  # removed while we looked; the next scan settles it
+                entry = self._entries.get(path)
+                if entry is not None and entry.signature == signature:
+                    continue
+                if entry is None:
+                    entry = self._entries[path] = Entry(path=path, signature=signature)
+                entry.signature = signature
+                self._load(entry)
+            for path in set(self._entries) - seen:
+                log.info("entry %s was removed", path)
+                del self._entries[path]
+            self._publish()
+            self.ready = True
+
+    def _load(self, entry: Entry) -> None:
+        entry.state, entry.error = LOADING, None
+        try:
+            spec = load_spec(entry.path)
+            entry.site, entry.version = spec.site, spec.version
+            model = Model(spec, limits=self.limits, max_interpreters=self.max_interpreters)
+            model.warm_up()
+        except (SpecError, RuntimeLoadError) as exc:
+            entry.state, entry.error = FAILED, str(exc)
+            log.error("entry %s failed to load: %s", entry.path, exc)
+            return
+        except Exception as exc:  # a broken entry must never take the others down
+            entry.state, entry.error = FAILED, f"{entry.path}: {type(exc).__name__}: {exc}"
+            log.exception("entry %s failed to load", entry.path)
+            return
+        entry.model, entry.state, entry.loaded_at = model, AVAILABLE, time.time()
+        log.info("loaded %s v%s from %s", spec.site, spec.version, entry.path)
+
+    def _publish(self) -> None:
+        """Swap in the new site -> model map: highest loaded version per site."""
+        serving: dict[str, Model] = {}
+        claimed: dict[tuple[str, int], Path] = {}
+        for entry in sorted(self._entries.values(), key=lambda e: str(e.path)):
+            model = entry.model
+            if model is None:
+                continue
+            key = (model.spec.site, model.spec.version)
+            if key in claimed:
+                entry.state = FAILED
+                entry.error = f"{entry.path}: site {key[0]!r} version {key[1]} is also defined by {claimed[key]}"
+                continue
+            claimed[key] = entry.path
+            current = serving.get(model.spec.site)
+            if current is None or model.spec.version > current.spec.version:
+                serving[model.spec.site] = model
+        self._serving = serving
+
+    # -- hot reload -------------------------------------------------------------------------
+
+    def watch(self, interval: float = 1.0) -> None:
+        """Refresh every ``interval`` seconds in a background thread until ``close()``."""
+        if self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # keep watching whatever one scan ran into
+                    log.exception("registry refresh failed")
+
+        self._watcher = threading.Thread(target=loop, name="capserve-registry-watch", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None

@@ -1,0 +1,135 @@
+"""Compile the preprocess and postprocess chains a registry entry names into plain calls.
+
+An entry lists steps as a name or a one-key mapping ``{name: {param: value}}``. Compiling
+checks every step and parameter once, so running a chain is a loop over bound functions.
+Training builds its input tensors with the same ``Preprocessor``, so there is no skew
+between the tensors a model was trained on and those it is served.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from plugins import manager
+from plugins.steps import ParamError, Step
+
+
+class ChainError(ValueError):
+    """A chain in an entry that cannot be compiled; says which step and why."""
+
+    def __init__(self, chain: str, index: int, step: str, reason: str) -> None:
+        self.chain, self.index, self.step, self.reason = chain, index, step, reason
+        super().__init__(f"{chain}[{index}] ({step}): {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputShape:
+    """The model input a preprocess chain must produce: ``(height, width, channels)``."""
+
+    width: int
+    height: int
+    channels: int
+
+
+def parse_item(item: Any) -> tuple[str, dict[str, Any]]:
+    """Split one YAML chain item into the step name and its parameters."""
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        ((name, params),) = item.items()
+        if params is None:
+            params = {}
+        if isinstance(name, str) and isinstance(params, dict):
+            return name, params
+    raise ValueError("a step is a name or a one-key mapping {name: {parameter: value}}")
+
+
+def _bind(chain: str, items: Sequence[Any], catalog: dict[str, Step]) -> list[tuple[Step, dict[str, Any]]]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ChainError(chain, 0, "?", "must be a list of steps")
+    bound = []
+    for index, item in enumerate(items):
+        try:
+            name, given = parse_item(item)
+        except ValueError as exc:
+            raise ChainError(chain, index, "?", str(exc)) from None
+        step = catalog.get(name)
+        if step is None:
+            raise ChainError(chain, index, name, f"unknown step; known: {', '.join(sorted(catalog))}")
+        try:
+            params = step.bind(given)
+        except ParamError as exc:
+            raise ChainError(chain, index, name, str(exc)) from None
+        bound.append((step, params))
+    return bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessor:
+    """A compiled preprocess chain: ``image (H, W, C) or frames (F, H, W, C) -> input tensor``."""
+
+    calls: tuple[Callable[[np.ndarray], np.ndarray], ...]
+    names: tuple[str, ...]
+    input: InputShape
+    wants_frames: bool
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        for call in self.calls:
+            image = call(image)
+        return image
+
+    def tensor(self, image: np.ndarray) -> np.ndarray:
+        """Run the chain and check the result fits the model: ``(H, W, C)`` float32."""
+        out = self(image)
+        if out.ndim == 2:
+            out = out[:, :, None]
+        expected = (self.input.height, self.input.width, self.input.channels)
+        if out.shape != expected:
+            raise ValueError(
+                f"preprocess chain {list(self.names)} made an array of shape {out.shape}, "
+                f"the model wants {expected}"
+            )
+        return out.astype(np.float32, copy=False)
+
+
+def compile_preprocess(items: Sequence[Any] | None, shape: InputShape) -> Preprocessor:
+    bound = _bind("preprocess", items or [], manager.preprocess_steps())
+    calls = []
+    for index, (step, params) in enumerate(bound):
+        if step.frames and index != 0:
+            raise ChainError("preprocess", index, step.name, "a frames step must come first in the chain")
+        if step.uses_input:
+            params = {**params, "input_width": shape.width, "input_height": shape.height,
+                      "input_channels": shape.channels}
+        calls.append(functools.partial(step.func, **params) if params else step.func)
+    return Preprocessor(
+        calls=tuple(calls),
+        names=tuple(step.name for step, _ in bound),
+        input=shape,
+        wants_frames=bool(bound) and bound[0][0].frames,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Postprocessor:
+    """A compiled postprocess chain: ``(text, confidences) -> text``."""
+
+    calls: tuple[Callable[..., str], ...]
+    names: tuple[str, ...]
+
+    def __call__(self, text: str, confidences: tuple[float, ...]) -> str:
+        for call in self.calls:
+            text = call(text, confidences)
+        return text
+
+
+def compile_postprocess(items: Sequence[Any] | None) -> Postprocessor:
+    bound = _bind("postprocess", items or [], manager.postprocess_steps())
+    calls = tuple(functools.partial(step.func, **params) if params else step.func for step, params in bound)
+    return Postprocessor(calls=calls, names=tuple(step.name for step, _ in bound))

@@ -1,0 +1,88 @@
+"""Decode image bytes into the numpy arrays preprocess chains take.
+
+Still images become ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA (when the image has
+transparency) uint8 arrays; with ``frames=True`` an animated image becomes ``(F, H, W, C)``.
+Size limits are checked from the header before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from model_registry.errors import ImageError, UnsupportedMediaType
+
+DEFAULT_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = 4_000_000
+    max_frames: int = 100
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Open (not yet decode) ``data`` and check its format and size against ``limits``."""
+    if not data:
+        raise ImageError("the image is empty", code="empty_image")
+    try:
+        image = Image.open(io.BytesIO(data), formats=None)
+    except UnidentifiedImageError:
+        raise ImageError("the data is not an image in a known format") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"the image cannot be read: {exc}") from None
+    if image.format not in limits.formats:
+        raise UnsupportedMediaType(
+            f"image format {image.format} is not accepted; accepted: {', '.join(limits.formats)}",
+            code="unsupported_image_format",
+        )
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError("the image has no pixels")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"the image is {width}x{height} pixels, over the limit of {limits.max_pixels}",
+            code="image_too_large",
+            status=413,
+        )
+    return image
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def image_to_array(image: Image.Image) -> np.ndarray:
+    """One PIL image (its current frame) as an ``(H, W, 3|4)`` uint8 array."""
+    mode = "RGBA" if _has_alpha(image) else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
+    return np.asarray(image)
+
+
+def frames_to_array(image: Image.Image, max_frames: int) -> np.ndarray:
+    """Every frame of ``image`` as ``(F, H, W, 4)`` uint8 (RGBA, since frames may differ)."""
+    n_frames = getattr(image, "n_frames", 1)
+    if n_frames > max_frames:
+        raise ImageError(
+            f"the image has {n_frames} frames, over the limit of {max_frames}", code="too_many_frames"
+        )
+    return np.stack([np.asarray(frame.convert("RGBA")) for frame in ImageSequence.Iterator(image)])
+
+
+def decode_image(data: bytes, *, frames: bool = False, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode ``data``: the first frame as ``(H, W, C)``, or with ``frames`` all as ``(F, H, W, C)``."""
+    image = open_image(data, limits)
+    try:
+        return frames_to_array(image, limits.max_frames) if frames else image_to_array(image)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"the image cannot be decoded: {exc}") from None
