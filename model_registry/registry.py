@@ -121,6 +121,10 @@ class Registry:
                 raise ModelUnavailable(f"the model for site {site!r} is still loading")
         raise UnknownSite(f"no model is registered for site {site!r}")
 
+    def serving(self, site: str) -> Model | None:
+        """The model serving ``site`` now, or None."""
+        return self._serving.get(site)
+
     def sites(self) -> list[str]:
         return sorted(self._serving)
 

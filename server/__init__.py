@@ -1,0 +1,1 @@
+"""The HTTP app (Starlette), its request parsing, errors, metrics, OpenAPI schema and CLI."""

@@ -1,0 +1,140 @@
+"""The Starlette app: routes over the registry and the recognition core.
+
+Recognition runs inline on the event loop: it takes well under a millisecond for captcha
+models, less than a hop to a thread pool would cost. Scale with worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from model_registry.errors import CapserveError, RecognitionFailed, UnknownSite
+from model_registry.registry import Registry
+from plugins import manager
+from server.metrics import Metrics
+from server.openapi import openapi_schema
+from server.parsing import image_bytes
+from server.responses import FastJSONResponse, error_response
+from server.settings import Settings
+
+
+def create_app(registry: Registry | None = None, settings: Settings | None = None, *, watch: bool = True) -> Starlette:
+    """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up."""
+    settings = settings or Settings()
+    if registry is None:
+        registry = Registry(settings.registry or None, limits=settings.image_limits)
+    metrics = Metrics(registry)
+
+    async def recognize(request: Request) -> Response:
+        started = time.perf_counter()
+        site = request.path_params["site"]
+        served = None
+        try:
+            model = registry.get(site)
+            served = site
+            data = await image_bytes(request, settings.max_body_bytes)
+            result = model.recognize(data)
+        except CapserveError as exc:
+            response = error_response(exc)
+        except Exception as exc:  # never let one request take the worker down
+            response = error_response(RecognitionFailed(f"{type(exc).__name__}: {exc}"))
+        else:
+            response = FastJSONResponse(
+                {
+                    "ok": True,
+                    "site": site,
+                    "version": model.spec.version,
+                    "text": result.text,
+                    "confidence": round(result.confidence, 4),
+                    "elapsed_ms": round((time.perf_counter() - started) * 1e3, 3),
+                }
+            )
+        metrics.observe(served, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def list_models(request: Request) -> Response:
+        return FastJSONResponse({"models": [_site_status(registry, site) for site in _all_sites(registry)]})
+
+    async def model_status(request: Request) -> Response:
+        site = request.path_params["site"]
+        if site not in _all_sites(registry):
+            return error_response(UnknownSite(f"no model is registered for site {site[:64]!r}"))
+        return FastJSONResponse(_site_status(registry, site))
+
+    async def list_plugins(request: Request) -> Response:
+        return FastJSONResponse({"plugins": manager.list_plugins()})
+
+    async def healthz(request: Request) -> Response:
+        return FastJSONResponse({"ok": True})
+
+    async def readyz(request: Request) -> Response:
+        ready = registry.ready and bool(registry.sites())
+        return FastJSONResponse({"ok": ready, "sites": registry.sites()}, status_code=200 if ready else 503)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def openapi(request: Request) -> Response:
+        return FastJSONResponse(openapi_schema())
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        error = CapserveError(exc.detail, code=codes.get(exc.status_code, "http_error"), status=exc.status_code)
+        return error_response(error)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        if not registry.ready:
+            registry.refresh()
+        if watch:
+            registry.watch(settings.watch_interval)
+        yield
+        registry.close()
+
+    app = Starlette(
+        routes=[
+            Route("/recognize/{site}", recognize, methods=["GET", "POST"]),
+            Route("/v1/models", list_models),
+            Route("/v1/models/{site}", model_status),
+            Route("/v1/plugins", list_plugins),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", prometheus),
+            Route("/openapi.json", openapi),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    return app
+
+
+def _all_sites(registry: Registry) -> list[str]:
+    return sorted({e.site for e in registry.entries() if e.site} | set(registry.sites()))
+
+
+def _site_status(registry: Registry, site: str) -> dict[str, Any]:
+    """TF-Serving-like status: the serving version's metadata and every version's state."""
+    try:
+        serving = registry.get(site)
+    except CapserveError:
+        serving = None
+    versions = [entry.describe() for entry in registry.site_entries(site)]
+    if serving is not None:
+        state = "AVAILABLE"
+    else:
+        state = "LOADING" if any(v["state"] == "LOADING" for v in versions) else "FAILED"
+    out: dict[str, Any] = {"site": site, "state": state, "versions": versions}
+    if serving is not None:
+        out.update(serving.describe())
+        out["state"] = state
+    return out

@@ -1,0 +1,143 @@
+"""``capserve``: serve, predict, list models and plugins; train, eval and scf come from their packages."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from model_registry.errors import CapserveError
+
+# Packages that add subcommands: each has ``add_parsers(subparsers)``. A missing optional
+# dependency (TensorFlow for training) only removes its commands from the help.
+SUBCOMMAND_MODULES = ("training.cli", "scf_adapter.cli")
+
+
+def _registry_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry", action="append", type=Path, metavar="DIR",
+        help="registry folder (repeatable); default: $CAPSERVE_REGISTRY or the bundled entries",
+    )
+
+
+def _load_registry(args: argparse.Namespace):
+    from model_registry.registry import Registry
+
+    registry = Registry(args.registry or None)
+    registry.refresh()
+    return registry
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.registry:
+        # Worker processes build their own app, so the folders travel by environment.
+        os.environ["CAPSERVE_REGISTRY"] = os.pathsep.join(str(p.resolve()) for p in args.registry)
+    uvicorn.run(
+        "server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+        log_level=args.log_level, access_log=args.access_log,
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    registry = _load_registry(args)
+    model = registry.get(args.site)
+    failures = 0
+    for path in args.images:
+        try:
+            result = model.recognize(Path(path).read_bytes())
+        except (CapserveError, OSError) as exc:
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        if args.json:
+            print(json.dumps({"image": str(path), "text": result.text, "confidence": round(result.confidence, 4)}))
+        else:
+            print(result.text if len(args.images) == 1 else f"{path}\t{result.text}")
+    return 1 if failures else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = _load_registry(args)
+    rows = [("SITE", "VERSION", "STATE", "SERVING", "PATH")]
+    for entry in registry.entries():
+        is_serving = entry.model is not None and registry.serving(entry.site) is entry.model
+        rows.append((entry.site or "?", str(entry.version or "?"), entry.state, "yes" if is_serving else "",
+                     str(entry.path.parent)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for entry in registry.entries():
+        if entry.error:
+            print(f"\n{entry.path}: {entry.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from plugins import manager
+
+    plugins = manager.list_plugins()
+    if args.json:
+        print(json.dumps(plugins, indent=2))
+        return 0
+    for plugin in plugins:
+        print(f"{plugin['name']}  ({plugin['origin']} {plugin['version'] or ''})".rstrip())
+        for kind in ("preprocess", "postprocess", "generators"):
+            if plugin.get(kind):
+                print(f"  {kind}: {', '.join(plugin[kind])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve every registered site over HTTP")
+    _registry_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (one per core is a good start)")
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=cmd_serve)
+
+    predict = sub.add_parser("predict", help="recognize image files with a registered site's model")
+    _registry_args(predict)
+    predict.add_argument("--site", required=True)
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.set_defaults(func=cmd_predict)
+
+    models = sub.add_parser("models", help="list registry entries with their version and state")
+    _registry_args(models)
+    models.set_defaults(func=cmd_models)
+
+    plugins = sub.add_parser("plugins", help="list loaded plugins and their steps")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CapserveError as exc:
+        print(f"capserve: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

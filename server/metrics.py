@@ -1,0 +1,42 @@
+"""Prometheus metrics of one app: requests by site and status, latency, models loaded."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from model_registry.registry import AVAILABLE, FAILED, LOADING, Registry
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: Registry) -> None:
+        self.collectors = CollectorRegistry()
+        self.requests = Counter(
+            "capserve_requests", "Recognition requests by site and HTTP status.", ("site", "status"),
+            registry=self.collectors,
+        )
+        self.latency = Histogram(
+            "capserve_request_seconds", "Time to answer a recognition request.", ("site",),
+            buckets=LATENCY_BUCKETS, registry=self.collectors,
+        )
+        self.models = Gauge(
+            "capserve_models", "Registry entries by state.", ("state",), registry=self.collectors
+        )
+        self._registry = registry
+
+    def observe(self, site: str | None, status: int, seconds: float) -> None:
+        """Count one request; ``site`` is None when it named no served site, so junk names
+        cannot grow the number of series."""
+        label = site or "_unknown"
+        self.requests.labels(label, str(status)).inc()
+        self.latency.labels(label).observe(seconds)
+
+    def render(self) -> bytes:
+        states = [entry.state for entry in self._registry.entries()]
+        for state in (AVAILABLE, LOADING, FAILED):
+            self.models.labels(state).set(states.count(state))
+        return generate_latest(self.collectors)

@@ -1,0 +1,122 @@
+"""Read the image bytes out of a recognition request.
+
+Accepted: ``GET ?base64Image=`` (also ``image=``), and POST with a JSON body
+``{"image": "<base64>"}`` (also ``base64Image``), a multipart form with a file (or base64
+text) field ``image``, or the raw image bytes as the body. Base64 may be standard or
+URL-safe, padded or not, and may be a ``data:image/...;base64,`` URI.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from model_registry.errors import BadBase64, BadRequest, BadJSON, MissingImage, PayloadTooLarge, UnsupportedMediaType
+
+IMAGE_FIELDS = ("base64Image", "image")
+_DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+def decode_base64(value: str | bytes, max_bytes: int) -> bytes:
+    """Decode standard or URL-safe base64, padded or not, optionally a data URI."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise BadBase64("the image is not valid base64 (non-ASCII characters)") from None
+    value = _DATA_URI.sub("", value.strip(), count=1)
+    value = _WHITESPACE.sub("", value)
+    if not value:
+        raise MissingImage("the image field is empty")
+    if len(value) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"the image is larger than the limit of {max_bytes} bytes")
+    value = value.replace("-", "+").replace("_", "/")
+    value += "=" * (-len(value) % 4)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadBase64("the image is not valid base64") from None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"the request body is {declared} bytes, over the limit of {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _from_json(body: bytes, max_bytes: int) -> bytes:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadJSON(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadJSON('the JSON body must be an object like {"image": "<base64>"}')
+    for field in IMAGE_FIELDS:
+        value = doc.get(field)
+        if value is not None:
+            if not isinstance(value, str):
+                raise BadJSON(f"the {field!r} field must be a base64 string")
+            return decode_base64(value, max_bytes)
+    raise MissingImage('the JSON body has no "image" field')
+
+
+async def _from_form(request: Request, body: bytes, max_bytes: int) -> bytes:
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+    except (MultiPartException, HTTPException) as exc:
+        raise BadRequest(f"the form cannot be parsed: {getattr(exc, 'message', None) or exc.detail}", code="bad_form") from None
+    try:
+        for field in IMAGE_FIELDS:
+            value = form.get(field)
+            if value is None:
+                continue
+            if isinstance(value, str):
+                return decode_base64(value, max_bytes)
+            return await value.read()
+    finally:
+        await form.close()
+    raise MissingImage('the form has no "image" field')
+
+
+async def image_bytes(request: Request, max_bytes: int) -> bytes:
+    """The image of a recognition request, or a ``CapserveError`` saying what is wrong."""
+    if request.method == "GET":
+        for field in IMAGE_FIELDS:
+            value = request.query_params.get(field)
+            if value is not None:
+                return decode_base64(value, max_bytes)
+        raise MissingImage("give the image as ?base64Image=<base64>")
+
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, max_bytes)
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return await _from_form(request, body, max_bytes)
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return _from_json(body, max_bytes)
+    if content_type.startswith("text/"):
+        return decode_base64(body, max_bytes)
+    if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
+        raise UnsupportedMediaType(
+            f"content type {content_type!r} is not accepted; send JSON, a multipart form, or image bytes"
+        )
+    if not body:
+        raise MissingImage("the request body is empty; send the image")
+    return body

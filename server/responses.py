@@ -1,0 +1,23 @@
+"""JSON responses (orjson) and the one shape of every error answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import JSONResponse
+
+from model_registry.errors import CapserveError
+
+
+class FastJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_body(error: CapserveError) -> dict[str, Any]:
+    return {"ok": False, "error": error.to_dict()}
+
+
+def error_response(error: CapserveError) -> FastJSONResponse:
+    return FastJSONResponse(error_body(error), status_code=error.status)

@@ -1,0 +1,30 @@
+"""Server settings: defaults, environment variables, command-line flags (in that order)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from plugins.images import DEFAULT_FORMATS, ImageLimits
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclasses.dataclass
+class Settings:
+    registry: list[Path] = dataclasses.field(default_factory=list)  # empty: $CAPSERVE_REGISTRY or bundled
+    max_body_bytes: int = dataclasses.field(default_factory=lambda: _env_int("CAPSERVE_MAX_BODY_BYTES", 2 * 1024 * 1024))
+    max_pixels: int = dataclasses.field(default_factory=lambda: _env_int("CAPSERVE_MAX_PIXELS", 4_000_000))
+    max_frames: int = dataclasses.field(default_factory=lambda: _env_int("CAPSERVE_MAX_FRAMES", 100))
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    watch_interval: float = dataclasses.field(
+        default_factory=lambda: float(os.environ.get("CAPSERVE_WATCH_INTERVAL", "1.0"))
+    )
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_pixels, max_frames=self.max_frames, formats=self.formats)

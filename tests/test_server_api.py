@@ -1,0 +1,131 @@
+"""The HTTP API through the ASGI app: every route and every error status."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from starlette.testclient import TestClient
+
+from model_registry.registry import Registry
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import png_bytes
+
+
+@pytest.fixture()
+def client(registry_dir):
+    registry = Registry([registry_dir])
+    app = create_app(registry, Settings(max_body_bytes=64 * 1024), watch=False)
+    with TestClient(app) as c:
+        yield c
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_get_base64_answers_text(client, png):
+    r = client.get("/recognize/tiny", params={"base64Image": b64(png)})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["ok"] is True and body["site"] == "tiny" and body["version"] == 1
+    assert isinstance(body["text"], str) and set(body["text"]) <= set("0123456789")
+    assert 0.0 <= body["confidence"] <= 1.0 and body["elapsed_ms"] > 0
+
+
+def test_every_input_form_gives_the_same_answer(client, png):
+    expected = client.get("/recognize/tiny", params={"base64Image": b64(png)}).json()["text"]
+    urlsafe = base64.urlsafe_b64encode(png).decode().rstrip("=")
+    answers = [
+        client.get("/recognize/tiny", params={"base64Image": "data:image/png;base64," + b64(png)}),
+        client.get("/recognize/tiny", params={"base64Image": urlsafe}),
+        client.post("/recognize/tiny", json={"image": b64(png)}),
+        client.post("/recognize/tiny", files={"image": ("c.png", png, "image/png")}),
+        client.post("/recognize/tiny", content=png, headers={"content-type": "image/png"}),
+        client.post("/recognize/tiny", content=png),
+    ]
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.json()["text"] == expected
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, code",
+    [
+        ({"method": "GET", "url": "/recognize/nope", "params": {"base64Image": "aGk="}}, 404, "unknown_site"),
+        ({"method": "GET", "url": "/recognize/tiny"}, 400, "missing_image"),
+        ({"method": "GET", "url": "/recognize/tiny", "params": {"base64Image": "!!!not base64!!!"}}, 400, "bad_base64"),
+        ({"method": "POST", "url": "/recognize/tiny", "json": {"picture": "x"}}, 400, "missing_image"),
+        ({"method": "POST", "url": "/recognize/tiny", "content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_json"),
+        ({"method": "POST", "url": "/recognize/tiny", "content": b""}, 400, "missing_image"),
+        ({"method": "POST", "url": "/recognize/tiny", "content": b"this is not an image"}, 422, "bad_image"),
+        ({"method": "GET", "url": "/recognize/tiny", "params": {"base64Image": b64(b"GIF89a-truncated")}}, 422, "bad_image"),
+        ({"method": "POST", "url": "/recognize/tiny", "content": b"x" * (65 * 1024)}, 413, "body_too_large"),
+        ({"method": "POST", "url": "/recognize/tiny", "content": b"<xml/>", "headers": {"content-type": "application/xml"}}, 415, "unsupported_media_type"),
+    ],
+)
+def test_error_statuses(client, request_kwargs, status, code):
+    r = client.request(**request_kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["ok"] is False and body["error"]["code"] == code and body["error"]["message"]
+
+
+def test_unsupported_image_format_is_415(client):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10)).save(buffer, "TIFF")
+    r = client.post("/recognize/tiny", content=buffer.getvalue(), headers={"content-type": "image/tiff"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_image_format"
+
+
+def test_transparent_and_gif_images_are_accepted(client):
+    r = client.post("/recognize/tiny", content=png_bytes(mode="RGBA"))
+    assert r.status_code == 200
+
+
+def test_models_status_and_metadata(client):
+    listing = client.get("/v1/models").json()["models"]
+    assert [m["site"] for m in listing] == ["tiny"]
+    one = client.get("/v1/models/tiny").json()
+    assert one["state"] == "AVAILABLE" and one["version"] == 1
+    assert one["input"] == {"width": 64, "height": 32, "channels": 1}
+    assert one["charset"] == "0123456789" and one["decoder"] == "ctc"
+    assert one["quantization"] == "dynamic" and one["training"]["accuracy"] == 0.5
+    r = client.get("/v1/models/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_site"
+
+
+def test_health_ready_metrics_openapi_plugins(client, png):
+    assert client.get("/healthz").json() == {"ok": True}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["sites"] == ["tiny"]
+    client.get("/recognize/tiny", params={"base64Image": b64(png)})
+    client.get("/recognize/nope", params={"base64Image": b64(png)})
+    metrics = client.get("/metrics").text
+    assert 'capserve_requests_total{site="tiny",status="200"} 1.0' in metrics
+    assert 'capserve_requests_total{site="_unknown",status="404"} 1.0' in metrics
+    assert 'capserve_models{state="AVAILABLE"} 1.0' in metrics
+    assert "capserve_request_seconds_bucket" in metrics
+    schema = client.get("/openapi.json").json()
+    assert "/recognize/{site}" in schema["paths"] and schema["openapi"].startswith("3.")
+    names = {p["name"] for p in client.get("/v1/plugins").json()["plugins"]}
+    assert "plugins.builtin.geometry" in names
+
+
+def test_unknown_route_and_method_are_json_errors(client):
+    r = client.get("/nowhere")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.delete("/recognize/tiny")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_readyz_is_503_with_no_model(tmp_path):
+    app = create_app(Registry([tmp_path]), watch=False)
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["ok"] is False
