@@ -40,6 +40,8 @@ def test_every_input_form_gives_the_same_answer(client, png):
     answers = [
         client.get("/recognize/tiny", params={"base64Image": "data:image/png;base64," + b64(png)}),
         client.get("/recognize/tiny", params={"base64Image": urlsafe}),
+        # unescaped: every "+" of the base64 arrives as a space
+        client.get("/recognize/tiny?base64Image=" + b64(png)),
         client.post("/recognize/tiny", json={"image": b64(png)}),
         client.post("/recognize/tiny", files={"image": ("c.png", png, "image/png")}),
         client.post("/recognize/tiny", content=png, headers={"content-type": "image/png"}),
