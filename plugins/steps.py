@@ -13,7 +13,8 @@ from typing import Any, Callable
 REQUIRED: Any = object()
 """Default of a parameter that an entry must give."""
 
-PARAM_TYPES = ("int", "float", "bool", "str", "rgb", "list[float]", "list[rgb]")
+PARAM_TYPES = ("int", "float", "bool", "str", "rgb", "list[float]", "list[rgb]", "dict[str]")
+"""``dict[str]`` is a mapping of strings to strings (YAML integers are taken as their digits)."""
 
 
 class ParamError(ValueError):
@@ -31,6 +32,8 @@ class Param:
     max: float | None = None
     choices: tuple[Any, ...] | None = None
     help: str = ""
+    length: int | None = None
+    """For list types: the exact number of items (e.g. 3 weights for R, G and B)."""
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
@@ -43,8 +46,8 @@ class Param:
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "required": self.required}
         if not self.required:
-            out["default"] = list(self.default) if isinstance(self.default, tuple) else self.default
-        for key in ("min", "max", "choices", "help"):
+            out["default"] = _plain(self.default, self.type)
+        for key in ("min", "max", "choices", "help", "length"):
             value = getattr(self, key)
             if value not in (None, ""):
                 out[key] = list(value) if isinstance(value, tuple) else value
@@ -53,6 +56,10 @@ class Param:
     def convert(self, value: Any) -> Any:
         """Return ``value`` in this parameter's type, or raise ``ParamError`` saying why."""
         value = _CONVERTERS[self.type](self.name, value)
+        if self.length is not None and self.type.startswith("list[") and len(value) != self.length:
+            raise ParamError(f"parameter {self.name!r} must have {self.length} items, got {len(value)}")
+        if self.type == "dict[str]":
+            return value
         for item in value if self.type.startswith("list[") else [value]:
             self._check_range(item)
         if self.choices is not None and value not in self.choices:
@@ -116,6 +123,33 @@ def _to_list(item: Callable[[str, Any], Any]) -> Callable[[str, Any], tuple]:
     return convert
 
 
+def _to_str_dict(name: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """A mapping as a tuple of ``(key, value)`` pairs: immutable, hashable, in the given order."""
+    if not isinstance(value, dict) or not value:
+        raise ParamError(f"parameter {name!r} must be a non-empty mapping of strings, got {value!r}")
+    pairs = []
+    for key, item in value.items():
+        for part in (key, item):
+            if isinstance(part, bool) or not isinstance(part, (str, int)):
+                raise ParamError(
+                    f"parameter {name!r} must map strings to strings (quote true/false/null), got {part!r}"
+                )
+        key, item = str(key), str(item)
+        if not key:
+            raise ParamError(f"parameter {name!r} has an empty key")
+        pairs.append((key, item))
+    return tuple(pairs)
+
+
+def _plain(value: Any, type_: str) -> Any:
+    """A parameter value as JSON-friendly data (lists and dicts, not tuples)."""
+    if type_ == "dict[str]" and isinstance(value, tuple):
+        return dict(value)
+    if isinstance(value, tuple):
+        return [list(v) if isinstance(v, tuple) else v for v in value]
+    return value
+
+
 _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "int": _to_int,
     "float": _to_float,
@@ -124,6 +158,7 @@ _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "rgb": _to_rgb,
     "list[float]": _to_list(_to_float),
     "list[rgb]": _to_list(_to_rgb),
+    "dict[str]": _to_str_dict,
 }
 
 

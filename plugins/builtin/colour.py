@@ -1,4 +1,9 @@
-"""Colour steps: grayscale, scaling to [0, 1]."""
+"""Colour steps: grayscale, scaling to [0, 1], invert, keep or drop colours, flatten transparency.
+
+Every step here is a handful of whole-array numpy operations. The colour-matching steps
+(``keep_colors``, ``drop_colors``, ``flatten_alpha``) work on uint8 images (values 0-255, as
+decoded), so they belong before ``normalize`` in a chain.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,11 @@ import numpy as np
 
 from plugins.hookspecs import hookimpl
 from plugins.steps import Param, Step
+
+
+def require_uint8(image: np.ndarray, step: str) -> None:
+    if image.dtype != np.uint8:
+        raise TypeError(f"{step} works on uint8 images (0-255); put it before normalize, got {image.dtype}")
 
 
 def grayscale(image: np.ndarray, *, weights: tuple[float, ...] = (0.299, 0.587, 0.114)) -> np.ndarray:
@@ -23,13 +33,108 @@ def normalize(image: np.ndarray, *, scale: float = 1 / 255, offset: float = 0.0)
     return image.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
+def invert(image: np.ndarray, *, maximum: float = 1.0) -> np.ndarray:
+    """Dark <-> light: ``255 - x`` for uint8, ``maximum - x`` for float. Alpha is kept as is."""
+    colour = image[..., :3] if image.shape[-1] == 4 else image
+    flipped = np.invert(colour) if image.dtype == np.uint8 else np.float32(maximum) - colour
+    if image.shape[-1] != 4:
+        return flipped
+    return np.concatenate([flipped, image[..., 3:]], axis=-1)
+
+
+def color_distance_mask(image: np.ndarray, colors: tuple[tuple[int, int, int], ...], tolerance: float) -> np.ndarray:
+    """``(H, W)`` bool: True where a pixel's RGB lies within ``tolerance`` (Euclidean) of any colour.
+
+    A one-channel image is compared as gray (r = g = b). Alpha, if any, is ignored.
+    """
+    pixels = (image[..., :3] if image.shape[-1] >= 3 else image[..., :1]).astype(np.int32)
+    limit = int(tolerance * tolerance)
+    mask = None
+    for colour in colors:
+        diff = pixels - np.asarray(colour, dtype=np.int32)  # (H, W, 3), also for gray (broadcast)
+        near = np.einsum("hwc,hwc->hw", diff, diff) <= limit
+        mask = near if mask is None else mask | near
+    return mask
+
+
+def _paint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """A copy of ``image`` with the pixels in ``where`` set to ``colour`` (opaque if RGBA)."""
+    out = image.copy()
+    channels = image.shape[-1]
+    if channels == 1:
+        value = np.uint8(round(0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]))
+        out[where] = value
+    else:
+        fill = np.asarray(tuple(colour) + ((255,) if channels == 4 else ()), dtype=np.uint8)
+        out[where] = fill
+    return out
+
+
+def keep_colors(
+    image: np.ndarray,
+    *,
+    colors: tuple[tuple[int, int, int], ...],
+    tolerance: float = 40.0,
+    background: tuple[int, int, int] = (255, 255, 255),
+    foreground: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Keep pixels near any of ``colors``; every other pixel becomes ``background``.
+
+    With ``foreground`` the kept pixels are painted that colour too, which binarizes the image
+    by colour (e.g. red text on noise of every other colour -> black on white).
+    """
+    require_uint8(image, "keep_colors")
+    near = color_distance_mask(image, colors, tolerance)
+    out = _paint(image, ~near, background)
+    if foreground is not None:
+        out = _paint(out, near, foreground)
+    return out
+
+
+def drop_colors(
+    image: np.ndarray,
+    *,
+    colors: tuple[tuple[int, int, int], ...],
+    tolerance: float = 40.0,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Pixels near any of ``colors`` become ``background``; every other pixel is kept."""
+    require_uint8(image, "drop_colors")
+    return _paint(image, color_distance_mask(image, colors, tolerance), background)
+
+
+def flatten_alpha(image: np.ndarray, *, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """RGBA -> RGB, compositing onto ``background``; an image without alpha passes unchanged.
+
+    Transparent captchas often keep black (0, 0, 0) in their fully transparent pixels, so
+    without this step the text (also dark) disappears into a black background.
+    """
+    if image.shape[-1] != 4:
+        return image
+    require_uint8(image, "flatten_alpha")
+    alpha = image[..., 3:].astype(np.uint16)
+    if image.shape[0] and alpha.min() == 255:
+        return image[..., :3]
+    rgb = image[..., :3].astype(np.uint16)
+    bg = np.asarray(background, dtype=np.uint16)
+    out = (rgb * alpha + bg * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+_COLOR_PARAMS = (
+    Param("colors", "list[rgb]", help="colours as [r, g, b] or '#rrggbb'"),
+    Param("tolerance", "float", default=40.0, min=0, max=442, help="Euclidean RGB distance counted as near"),
+    Param("background", "rgb", default=(255, 255, 255), help="colour of the pixels that are cleared"),
+)
+
+
 @hookimpl
 def register_preprocess_steps():
     return [
         Step(
             "grayscale",
             grayscale,
-            (Param("weights", "list[float]", default=(0.299, 0.587, 0.114), help="weights of R, G, B"),),
+            (Param("weights", "list[float]", default=(0.299, 0.587, 0.114), length=3, help="weights of R, G, B"),),
             "Weighted sum of the colour channels into one channel.",
         ),
         Step(
@@ -37,5 +142,30 @@ def register_preprocess_steps():
             normalize,
             (Param("scale", "float", default=1 / 255), Param("offset", "float", default=0.0)),
             "Scale pixel values (by default to 0..1 float32).",
+        ),
+        Step(
+            "invert",
+            invert,
+            (Param("maximum", "float", default=1.0, help="for float images: the value white has"),),
+            "Swap dark and light (255 - x for uint8, maximum - x for float); alpha is kept.",
+        ),
+        Step(
+            "keep_colors",
+            keep_colors,
+            _COLOR_PARAMS
+            + (Param("foreground", "rgb", default=None, help="if set, paint the kept pixels this colour"),),
+            "Keep the pixels near the given colours; every other pixel becomes the background.",
+        ),
+        Step(
+            "drop_colors",
+            drop_colors,
+            _COLOR_PARAMS,
+            "Clear the pixels near the given colours to the background (e.g. coloured noise).",
+        ),
+        Step(
+            "flatten_alpha",
+            flatten_alpha,
+            (Param("background", "rgb", default=(255, 255, 255), help="colour behind transparent pixels"),),
+            "Composite a transparent (RGBA) image onto a background colour, giving RGB.",
         ),
     ]

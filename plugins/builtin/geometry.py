@@ -1,10 +1,11 @@
-"""Geometry steps: resize to the model input."""
+"""Geometry steps: resize to the model input, crop fixed margins, trim to the content."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
+from plugins.builtin.colour import color_distance_mask, require_uint8
 from plugins.hookspecs import hookimpl
 from plugins.steps import Param, Step
 
@@ -47,6 +48,42 @@ def resize(
     return out
 
 
+def crop(image: np.ndarray, *, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0) -> np.ndarray:
+    """Cut ``left``, ``top``, ``right`` and ``bottom`` pixels off the edges (a view, no copy)."""
+    height, width = image.shape[:2]
+    if left + right >= width or top + bottom >= height:
+        raise ValueError(
+            f"crop margins left={left} right={right} top={top} bottom={bottom} leave nothing of a "
+            f"{width}x{height} image"
+        )
+    return image[top : height - bottom, left : width - right]
+
+
+def trim(
+    image: np.ndarray,
+    *,
+    background: tuple[int, int, int] = (255, 255, 255),
+    tolerance: float = 40.0,
+    margin: int = 0,
+) -> np.ndarray:
+    """Crop to the bounding box of the pixels that differ from ``background``, plus ``margin``.
+
+    An image with no such pixel is returned unchanged. uint8 images only.
+    """
+    require_uint8(image, "trim")
+    content = ~color_distance_mask(image, (background,), tolerance)
+    if image.shape[-1] == 4:
+        content &= image[..., 3] > 0
+    rows = np.flatnonzero(content.any(axis=1))
+    if rows.size == 0:
+        return image
+    cols = np.flatnonzero(content.any(axis=0))
+    height, width = image.shape[:2]
+    top, bottom = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, height)
+    left, right = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, width)
+    return image[top:bottom, left:right]
+
+
 @hookimpl
 def register_preprocess_steps():
     return [
@@ -59,5 +96,24 @@ def register_preprocess_steps():
             ),
             "Resize to the model's input size, stretched or keeping aspect ratio with padding.",
             uses_input=True,
+        ),
+        Step(
+            "crop",
+            crop,
+            tuple(
+                Param(side, "int", default=0, min=0, help=f"pixels cut off the {side} edge")
+                for side in ("left", "top", "right", "bottom")
+            ),
+            "Cut fixed margins off the edges (e.g. a border or a logo).",
+        ),
+        Step(
+            "trim",
+            trim,
+            (
+                Param("background", "rgb", default=(255, 255, 255), help="colour of the empty border"),
+                Param("tolerance", "float", default=40.0, min=0, max=442, help="Euclidean RGB distance"),
+                Param("margin", "int", default=0, min=0, help="pixels kept around the content"),
+            ),
+            "Crop to the bounding box of the content (pixels that differ from the background).",
         ),
     ]
