@@ -21,14 +21,23 @@ from model_registry.registry import Registry
 from plugins import manager
 from server.metrics import Metrics
 from server.openapi import openapi_schema
-from server.parsing import image_bytes
+from server.access import Access
+from server.parsing import image_bytes, read_body
 from server.responses import FastJSONResponse, error_response
 from server.settings import Settings
 
 
-def create_app(registry: Registry | None = None, settings: Settings | None = None, *, watch: bool = True) -> Starlette:
-    """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up."""
+def create_app(
+    registry: Registry | None = None,
+    settings: Settings | None = None,
+    *,
+    access: Access | None = None,
+    watch: bool = True,
+) -> Starlette:
+    """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up;
+    without ``access`` keys and signing are read from the environment (off when unset)."""
     settings = settings or Settings()
+    access = access if access is not None else Access.from_env()
     if registry is None:
         registry = Registry(settings.registry or None, limits=settings.image_limits)
     metrics = Metrics(registry)
@@ -38,9 +47,16 @@ def create_app(registry: Registry | None = None, settings: Settings | None = Non
         site = request.path_params["site"]
         served = None
         try:
+            if access.enabled:
+                access.check_key(request.headers, site)
+            body = await read_body(request, settings.max_body_bytes) if request.method == "POST" else b""
+            if access.hmac_secret is not None:
+                access.check_signature(
+                    request.headers, request.method, request.url.path, request.url.query, body
+                )
             model = registry.get(site)
             served = site
-            data = await image_bytes(request, settings.max_body_bytes)
+            data = await image_bytes(request, body, settings.max_body_bytes)
             result = model.recognize(data)
         except CapserveError as exc:
             response = error_response(exc)
@@ -59,6 +75,19 @@ def create_app(registry: Registry | None = None, settings: Settings | None = Non
             )
         metrics.observe(served, response.status_code, time.perf_counter() - started)
         return response
+
+    def protected(handler):
+        """Status endpoints need a key when keys are on (unless CAPSERVE_PUBLIC_STATUS=1)."""
+
+        async def guarded(request: Request) -> Response:
+            if access.keys and access.protect_status:
+                try:
+                    access.check_key(request.headers, None)
+                except CapserveError as exc:
+                    return error_response(exc)
+            return await handler(request)
+
+        return guarded
 
     async def list_models(request: Request) -> Response:
         return FastJSONResponse({"models": [_site_status(registry, site) for site in _all_sites(registry)]})
@@ -102,12 +131,12 @@ def create_app(registry: Registry | None = None, settings: Settings | None = Non
     app = Starlette(
         routes=[
             Route("/recognize/{site}", recognize, methods=["GET", "POST"]),
-            Route("/v1/models", list_models),
-            Route("/v1/models/{site}", model_status),
-            Route("/v1/plugins", list_plugins),
+            Route("/v1/models", protected(list_models)),
+            Route("/v1/models/{site}", protected(model_status)),
+            Route("/v1/plugins", protected(list_plugins)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", prometheus),
+            Route("/metrics", protected(prometheus)),
             Route("/openapi.json", openapi),
         ],
         exception_handlers={HTTPException: http_error},

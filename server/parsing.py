@@ -97,8 +97,8 @@ async def _from_form(request: Request, body: bytes, max_bytes: int) -> bytes:
     raise MissingImage('the form has no "image" field')
 
 
-async def image_bytes(request: Request, max_bytes: int) -> bytes:
-    """The image of a recognition request, or a ``CapserveError`` saying what is wrong."""
+async def image_bytes(request: Request, body: bytes, max_bytes: int) -> bytes:
+    """The image of a recognition request whose ``body`` was read, or a ``CapserveError``."""
     if request.method == "GET":
         for field in IMAGE_FIELDS:
             value = request.query_params.get(field)
@@ -107,7 +107,6 @@ async def image_bytes(request: Request, max_bytes: int) -> bytes:
         raise MissingImage("give the image as ?base64Image=<base64>")
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, max_bytes)
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return await _from_form(request, body, max_bytes)
     if content_type == "application/json" or content_type.endswith("+json"):

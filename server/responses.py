@@ -20,4 +20,10 @@ def error_body(error: CapserveError) -> dict[str, Any]:
 
 
 def error_response(error: CapserveError) -> FastJSONResponse:
-    return FastJSONResponse(error_body(error), status_code=error.status)
+    headers = {}
+    if error.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
+    return FastJSONResponse(error_body(error), status_code=error.status, headers=headers)
