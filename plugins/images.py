@@ -36,7 +36,9 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
         image = Image.open(io.BytesIO(data), formats=None)
     except UnidentifiedImageError:
         raise ImageError("the data is not an image in a known format") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"the image is too large: {exc}", code="image_too_large", status=413) from None
+    except (OSError, ValueError) as exc:
         raise ImageError(f"the image cannot be read: {exc}") from None
     if image.format not in limits.formats:
         raise UnsupportedMediaType(

@@ -31,9 +31,9 @@ def decode_base64(value: str | bytes, max_bytes: int) -> bytes:
             value = value.decode("ascii")
         except UnicodeDecodeError:
             raise BadBase64("the image is not valid base64 (non-ASCII characters)") from None
-    value = _DATA_URI.sub("", value.strip(), count=1)
     # An unescaped "+" in a query string arrives as a space: base64 has no spaces of its own.
     value = _WHITESPACE.sub("", value.replace(" ", "+"))
+    value = _DATA_URI.sub("", value, count=1)
     if not value:
         raise MissingImage("the image field is empty")
     if len(value) * 3 // 4 > max_bytes:

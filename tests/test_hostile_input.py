@@ -1,0 +1,171 @@
+"""Hostile and malformed input: every answer is a clear 4xx, never a 5xx, a crash or a hang."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
+from starlette.testclient import TestClient
+
+from model_registry.errors import CapserveError
+from model_registry.registry import Registry
+from plugins.images import ImageLimits, decode_image
+from server.app import create_app
+from server.parsing import decode_base64
+from server.settings import Settings
+from tests.conftest import png_bytes
+
+MAX_BODY = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, tiny_model_bytes):
+    from tests import model_factory
+
+    root = tmp_path_factory.mktemp("registry")
+    model_factory.write_entry(root / "tiny" / "1", tiny_model_bytes)
+    registry = Registry([root])
+    registry.refresh()
+    app = create_app(registry, Settings(max_body_bytes=MAX_BODY, max_pixels=1_000_000, max_frames=50), watch=False)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size (a decompression bomb's first bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def many_frames_gif(frames: int) -> bytes:
+    images = [Image.new("L", (2, 2), 255 * (i % 2)) for i in range(frames)]
+    return encoded(images[0], "GIF", save_all=True, append_images=images[1:], duration=10)
+
+
+GOOD = png_bytes()
+JPEG = encoded(Image.new("RGB", (100, 50), "white"), "JPEG")
+GIF = encoded(Image.new("P", (100, 50)), "GIF")
+
+CORPUS = {
+    "truncated png": (GOOD[: len(GOOD) // 2], 422),
+    "truncated gif": (GIF[:20], 422),
+    "truncated jpeg": (JPEG[: len(JPEG) // 3], 422),
+    "wrong magic": (b"\x00" + GOOD[1:], 422),
+    "png header only": (GOOD[:33], 422),
+    "huge dimensions": (png_claiming(100_000, 100_000), 413),
+    "zero width": (png_claiming(0, 50), 422),
+    "zero bytes": (b"", 400),
+    "text": (b"hello, I am not an image", 422),
+    "tiff": (encoded(Image.new("RGB", (10, 10)), "TIFF"), 415),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_malformed_files(client, name):
+    data, status = CORPUS[name]
+    for r in (
+        client.post("/recognize/tiny", content=data, headers={"content-type": "application/octet-stream"}),
+        client.post("/recognize/tiny", json={"image": base64.b64encode(data).decode()}),
+    ):
+        assert r.status_code == status, (name, r.text)
+        assert r.json()["ok"] is False and r.json()["error"]["code"]
+
+
+def test_ten_thousand_frame_gif(client):
+    data = many_frames_gif(10_000)
+    r = client.post("/recognize/tiny", content=data)
+    assert r.status_code == 200, r.text  # a still-image model reads the first frame only
+    with pytest.raises(CapserveError) as info:
+        decode_image(data, frames=True, limits=ImageLimits(max_frames=50))
+    assert info.value.status == 422 and info.value.code == "too_many_frames"
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        (b'{"image": "\xff\xfe\xfa"}', "bad_json"),
+        (b"\xff\xfe{}", "bad_json"),
+        (b"[" * 5000 + b"]" * 5000, "bad_json"),
+        (b'{"image": {"nested": "x"}}', "bad_json"),
+        (b'["image"]', "bad_json"),
+        (b'{"image": "iVBORw0KGgo=====junk***"}', "bad_base64"),
+        (b'{"image": "\xc3\xa9t\xc3\xa9"}', "bad_base64"),
+    ],
+)
+def test_bad_json_bodies(client, body, code):
+    r = client.post("/recognize/tiny", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+
+
+def test_oversized_bodies_are_refused(client):
+    big = b"\x89PNG" + b"0" * MAX_BODY
+    assert client.post("/recognize/tiny", content=big).status_code == 413
+    assert client.post("/recognize/tiny", files={"image": ("x.png", big, "image/png")}).status_code == 413
+
+
+def test_oversized_query_is_refused(tiny_model_bytes, tmp_path):
+    from tests import model_factory
+
+    model_factory.write_entry(tmp_path / "tiny" / "1", tiny_model_bytes)
+    registry = Registry([tmp_path])
+    registry.refresh()
+    with TestClient(create_app(registry, Settings(max_body_bytes=4096), watch=False)) as small:
+        r = small.get("/recognize/tiny", params={"base64Image": "A" * 8000})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_site_names_cannot_reach_paths(client):
+    for site in ("..", "%2e%2e", "..%2fetc%2fpasswd", "a" * 300, "DEMO", "tiny%00"):
+        r = client.get(f"/recognize/{site}", params={"base64Image": base64.b64encode(GOOD).decode()})
+        assert r.status_code == 404, site
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=2048), content_type=st.sampled_from(
+    ["application/octet-stream", "image/png", "application/json", "text/plain", "multipart/form-data; boundary=x", ""]))
+def test_fuzz_post_bodies_never_5xx(client, data, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/recognize/tiny", content=data, headers=headers)
+    assert r.status_code < 500, r.text
+    assert r.json()["ok"] is (r.status_code == 200)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(max_size=300))
+def test_fuzz_query_never_5xx(client, value):
+    r = client.get("/recognize/tiny", params={"base64Image": value})
+    assert r.status_code in (200, 400, 413, 415, 422), r.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=st.sampled_from([GOOD, JPEG, GIF, b""]), cut=st.integers(0, 4000), junk=st.binary(max_size=64))
+def test_fuzz_image_decoding_raises_only_capserve_errors(prefix, cut, junk):
+    data = prefix[:cut] + junk
+    for frames in (False, True):
+        try:
+            decode_image(data, frames=frames)
+        except CapserveError as exc:
+            assert 400 <= exc.status < 500
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_base64_round_trip_in_every_dialect(data):
+    standard = base64.b64encode(data).decode()
+    urlsafe = base64.urlsafe_b64encode(data).decode()
+    for text in (standard, standard.rstrip("="), urlsafe, urlsafe.rstrip("="), "data:image/png;base64," + standard,
+                 standard.replace("+", " ")):
+        if data:
+            assert decode_base64(text, 10_000) == data
