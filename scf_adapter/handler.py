@@ -1,0 +1,71 @@
+"""Tencent SCF event-function entry point: ``main_handler(event, context)``.
+
+Every API Gateway, function URL (Tencent or AWS API Gateway v1/v2) event becomes one ASGI
+call of the same Starlette app that ``capserve serve`` runs, so the statuses, JSON and
+errors are the HTTP server's. The registry and its models load once per container, when
+this module is imported (SCF imports the handler module before the first invocation), not
+per invocation.
+
+Environment:
+``CAPSERVE_REGISTRY``
+    registry folders (``os.pathsep``-separated); default: the entries bundled in the package.
+``CAPSERVE_BASE_PATH``
+    a path prefix the trigger adds, stripped before routing (see ``scf_adapter.events``).
+``CAPSERVE_SCF_REFRESH_INTERVAL``
+    seconds; when set, an invocation rescans the registry if the last scan is older (for a
+    registry on a mounted file system, CFS). Default 0: load once per container.
+Plus every ``capserve serve`` setting (``CAPSERVE_MAX_BODY_BYTES``, API keys...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+
+from model_registry.registry import Registry
+from scf_adapter import asgi_call, events
+from server.app import create_app
+from server.settings import Settings
+
+log = logging.getLogger("capserve.scf")
+
+settings = Settings()
+registry = Registry(settings.registry or None, limits=settings.image_limits)
+registry.refresh()
+app = create_app(registry, settings, watch=False)
+
+_refresh_interval = float(os.environ.get("CAPSERVE_SCF_REFRESH_INTERVAL", "0") or 0)
+_last_refresh = time.monotonic()
+
+
+def _maybe_refresh() -> None:
+    global _last_refresh
+    if _refresh_interval > 0 and time.monotonic() - _last_refresh >= _refresh_interval:
+        _last_refresh = time.monotonic()
+        try:
+            registry.refresh()
+        except Exception:  # the models already loaded keep serving
+            log.exception("registry refresh failed")
+
+
+def main_handler(event: Any, context: Any = None) -> dict:
+    """Answer one SCF invocation in the API Gateway integrated-response format."""
+    try:
+        kind = events.kind_of(event)
+        request = events.to_request(event, kind)
+    except events.BadEvent as exc:
+        body = {"ok": False, "error": {"code": "bad_event", "message": str(exc)}}
+        return events.to_answer(
+            events.HttpResponse(400, [(b"content-type", b"application/json")], _dumps(body)), events.TENCENT_APIGW
+        )
+    _maybe_refresh()
+    response = asgi_call.call(app, request)
+    return events.to_answer(response, kind if kind in events.HTTP_KINDS else events.TENCENT_APIGW)
+
+
+def _dumps(doc: dict) -> bytes:
+    return orjson.dumps(doc)
