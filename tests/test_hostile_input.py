@@ -20,7 +20,7 @@ from server.parsing import decode_base64
 from server.settings import Settings
 from tests.conftest import png_bytes
 
-MAX_BODY = 256 * 1024
+MAX_BODY = 512 * 1024
 
 
 @pytest.fixture(scope="module")
