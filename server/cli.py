@@ -94,7 +94,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="capserve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="capserve", description="Train, register and serve text-captcha recognition models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve every registered site over HTTP")
