@@ -33,6 +33,7 @@ BUNDLED = Path(__file__).parent / "bundled"
 ENV_VAR = "CAPSERVE_REGISTRY"
 
 AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
+UNLOADED = "UNLOADED"  # lazy mode: the YAML is valid, the model loads on the site's first request
 
 
 def default_roots() -> list[Path]:
@@ -96,8 +97,10 @@ class Registry:
         *,
         limits: ImageLimits = DEFAULT_LIMITS,
         max_interpreters: int = 8,
+        lazy: bool = False,
     ) -> None:
         self.roots = [Path(r) for r in roots] if roots else default_roots()
+        self.lazy = lazy
         self.limits = limits
         self.max_interpreters = max_interpreters
         self._entries: dict[Path, Entry] = {}
@@ -116,6 +119,8 @@ class Registry:
             return model
         if not SITE_PATTERN.match(site):
             raise UnknownSite(f"no model is registered for site {site[:64]!r}")
+        if self.lazy and self._load_site(site):
+            return self._serving[site]
         for entry in list(self._entries.values()):
             if entry.site == site and entry.state == LOADING:
                 raise ModelUnavailable(f"the model for site {site!r} is still loading")
@@ -126,7 +131,9 @@ class Registry:
         return self._serving.get(site)
 
     def sites(self) -> list[str]:
-        return sorted(self._serving)
+        """Sites that serve now, or (lazy mode) will on their first request."""
+        unloaded = {e.site for e in list(self._entries.values()) if e.state == UNLOADED}
+        return sorted(set(self._serving) | unloaded)
 
     def entries(self) -> list[Entry]:
         return sorted(self._entries.values(), key=lambda e: (e.site or "", -(e.version or 0), str(e.path)))
@@ -152,18 +159,32 @@ class Registry:
                 if entry is None:
                     entry = self._entries[path] = Entry(path=path, signature=signature)
                 entry.signature = signature
-                self._load(entry)
+                # Lazy mode defers the model to the first request, unless one is already serving.
+                self._load(entry, spec_only=self.lazy and entry.model is None)
             for path in set(self._entries) - seen:
                 log.info("entry %s was removed", path)
                 del self._entries[path]
             self._publish()
             self.ready = True
 
-    def _load(self, entry: Entry) -> None:
+    def _load_site(self, site: str) -> bool:
+        """Lazy mode: load the site's entries now; True if the site then serves."""
+        with self._refresh_lock:
+            pending = [e for e in self._entries.values() if e.site == site and e.state == UNLOADED]
+            for entry in pending:
+                self._load(entry)
+            if pending:
+                self._publish()
+        return site in self._serving
+
+    def _load(self, entry: Entry, *, spec_only: bool = False) -> None:
         entry.state, entry.error = LOADING, None
         try:
             spec = load_spec(entry.path)
             entry.site, entry.version = spec.site, spec.version
+            if spec_only:
+                entry.state = UNLOADED
+                return
             model = Model(spec, limits=self.limits, max_interpreters=self.max_interpreters)
             model.warm_up()
         except (SpecError, RuntimeLoadError) as exc:

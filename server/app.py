@@ -39,7 +39,7 @@ def create_app(
     settings = settings or Settings()
     access = access if access is not None else Access.from_env()
     if registry is None:
-        registry = Registry(settings.registry or None, limits=settings.image_limits)
+        registry = Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
     metrics = Metrics(registry)
 
     async def recognize(request: Request) -> Response:

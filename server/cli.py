@@ -34,9 +34,11 @@ def _load_registry(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    # Worker processes build their own app, so the options travel by environment.
     if args.registry:
-        # Worker processes build their own app, so the folders travel by environment.
         os.environ["CAPSERVE_REGISTRY"] = os.pathsep.join(str(p.resolve()) for p in args.registry)
+    if args.lazy:
+        os.environ["CAPSERVE_LAZY"] = "1"
     uvicorn.run(
         "server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
         log_level=args.log_level, access_log=args.access_log,
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (one per core is a good start)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--lazy", action="store_true", help="load each model on its site's first request")
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="recognize image files with a registered site's model")

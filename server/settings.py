@@ -17,10 +17,15 @@ def _env_int(name: str, default: int) -> int:
 @dataclasses.dataclass
 class Settings:
     registry: list[Path] = dataclasses.field(default_factory=list)  # empty: $CAPSERVE_REGISTRY or bundled
-    max_body_bytes: int = dataclasses.field(default_factory=lambda: _env_int("CAPSERVE_MAX_BODY_BYTES", 2 * 1024 * 1024))
+    max_body_bytes: int = dataclasses.field(default_factory=lambda: _env_int("CAPSERVE_MAX_BODY_BYTES", 1024 * 1024))
     max_pixels: int = dataclasses.field(default_factory=lambda: _env_int("CAPSERVE_MAX_PIXELS", 4_000_000))
     max_frames: int = dataclasses.field(default_factory=lambda: _env_int("CAPSERVE_MAX_FRAMES", 100))
-    formats: tuple[str, ...] = DEFAULT_FORMATS
+    formats: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: tuple(
+            f.strip().upper() for f in os.environ.get("CAPSERVE_FORMATS", ",".join(DEFAULT_FORMATS)).split(",") if f.strip()
+        )
+    )
+    lazy: bool = dataclasses.field(default_factory=lambda: os.environ.get("CAPSERVE_LAZY", "0") not in ("", "0"))
     watch_interval: float = dataclasses.field(
         default_factory=lambda: float(os.environ.get("CAPSERVE_WATCH_INTERVAL", "1.0"))
     )

@@ -162,3 +162,22 @@ def test_entries_through_links_outside_the_registry_are_ignored(tmp_path, tiny_m
     (root / "evil").symlink_to(outside / "evil", target_is_directory=True)
     registry = load_one(root)
     assert registry.sites() == [] and registry.entries() == []
+
+
+def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_bytes):
+    from model_registry.registry import UNLOADED
+
+    model_factory.write_entry(registry_dir / "tiny" / "2", tiny_model_bytes, version=2)
+    model_factory.write_entry(registry_dir / "bad" / "1", tiny_model_bytes, site="bad", charset="01")
+    registry = Registry([registry_dir], lazy=True)
+    registry.refresh()
+    assert registry.sites() == ["bad", "tiny"] and registry.serving("tiny") is None
+    assert {e.state for e in registry.site_entries("tiny")} == {UNLOADED}
+
+    model = registry.get("tiny")
+    assert model.spec.version == 2 and registry.serving("tiny") is model
+    assert {e.state for e in registry.site_entries("tiny")} == {AVAILABLE}
+    # a broken entry is found out on its first request, and then answers 404 like any failed site
+    with pytest.raises(UnknownSite):
+        registry.get("bad")
+    assert registry.site_entries("bad")[0].state == FAILED
