@@ -1,0 +1,111 @@
+"""Faults: a broken or half-written model fails alone, the last good copy keeps serving,
+and a failing request does not disturb the next ones."""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+from starlette.testclient import TestClient
+
+from model_registry.registry import AVAILABLE, FAILED, Registry
+from server.app import create_app
+from server.settings import Settings
+from tests import model_factory
+from tests.conftest import png_bytes
+from tests.test_registry import touch_later
+
+IMAGE = base64.b64encode(png_bytes()).decode()
+
+
+def test_model_file_replaced_while_requests_run(registry_dir, tiny_model_bytes):
+    registry = Registry([registry_dir])
+    registry.refresh()
+    app = create_app(registry, Settings(), watch=False)
+    model_file = registry_dir / "tiny" / "1" / "model.tflite"
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with TestClient(app) as c:
+            while not stop.is_set():
+                r = c.get("/recognize/tiny", params={"base64Image": IMAGE})
+                if r.status_code != 200:
+                    errors.append(r.text)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        good = registry.get("tiny")
+        # garbage in place of the model: the entry fails, the loaded copy keeps answering
+        model_file.write_bytes(b"\x00garbage" * 100)
+        touch_later(model_file)
+        registry.refresh()
+        (entry,) = registry.entries()
+        assert entry.state == FAILED and "sha256" in entry.error
+        assert registry.get("tiny") is good
+        # a slow copy in place, scanned at every stage: never crashes, never serves a half file
+        for cut in (1, len(tiny_model_bytes) // 3, 2 * len(tiny_model_bytes) // 3):
+            model_file.write_bytes(tiny_model_bytes[:cut])
+            touch_later(model_file)
+            registry.refresh()
+            assert registry.get("tiny") is good
+        model_file.write_bytes(tiny_model_bytes)
+        touch_later(model_file)
+        registry.refresh()
+        assert registry.entries()[0].state == AVAILABLE and registry.get("tiny") is not good
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def test_half_written_model_without_a_hash_fails_cleanly(registry_dir, tiny_model_bytes):
+    folder = registry_dir / "nohash" / "1"
+    model_factory.write_entry(folder, tiny_model_bytes, site="nohash", with_hash=False)
+    registry = Registry([registry_dir])
+    registry.refresh()
+    good = registry.get("nohash")
+    for cut in (0, 16, 200, len(tiny_model_bytes) // 2, len(tiny_model_bytes) - 1):
+        (folder / "model.tflite").write_bytes(tiny_model_bytes[:cut])
+        touch_later(folder / "model.tflite")
+        registry.refresh()
+        entry = registry.site_entries("nohash")[0]
+        assert entry.state == FAILED, cut
+        assert registry.get("nohash") is good
+        assert registry.get("tiny").recognize(png_bytes()).text is not None
+
+
+def test_an_interpreter_that_raises_fails_one_request_only(registry_dir, monkeypatch):
+    registry = Registry([registry_dir])
+    registry.refresh()
+    model = registry.get("tiny")
+    calls = {"n": 0}
+    real_run = model.runtime.run
+
+    def flaky(tensor):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("tensor arena exhausted")
+        return real_run(tensor)
+
+    monkeypatch.setattr(model.runtime, "run", flaky)
+    with TestClient(create_app(registry, Settings(), watch=False)) as c:
+        statuses = [c.get("/recognize/tiny", params={"base64Image": IMAGE}) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 500, 200, 200]
+    error = statuses[1].json()["error"]
+    assert error["code"] == "recognition_failed" and "tensor arena exhausted" in error["message"]
+    assert len({r.json()["text"] for r in statuses if r.status_code == 200}) == 1
+
+
+def test_a_plugin_that_raises_fails_one_request_only(registry_dir, monkeypatch):
+    registry = Registry([registry_dir])
+    registry.refresh()
+    model = registry.get("tiny")
+    monkeypatch.setattr(model, "postprocess", lambda text, confidences: 1 / 0)
+    with TestClient(create_app(registry, Settings(), watch=False)) as c:
+        r = c.get("/recognize/tiny", params={"base64Image": IMAGE})
+        assert r.status_code == 500 and "ZeroDivisionError" in r.json()["error"]["message"]
+        assert c.get("/healthz").status_code == 200
