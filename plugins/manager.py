@@ -44,10 +44,20 @@ for _name in BUILTIN_PLUGINS:
         pm.register(_module, _name)
 
 
+_hooktrace = pm.trace.root.get("hook")
+
+
 def _collect(hook: Any, kind: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for impl in hook.get_hookimpls():
-        for item in impl.function() or ():
+        # Each implementation is called on its own (to know which plugin gave what), which
+        # bypasses pluggy's hook-call monitoring, so the trace is written here.
+        _hooktrace.root.indent += 1
+        _hooktrace(hook.name, {"plugin": impl.plugin_name})
+        items = list(impl.function() or ())
+        _hooktrace("finish", hook.name, "-->", [item.name for item in items])
+        _hooktrace.root.indent -= 1
+        for item in items:
             if item.name in found:
                 raise RuntimeError(
                     f"{kind} {item.name!r} is registered twice (again by plugin {impl.plugin_name!r})"
