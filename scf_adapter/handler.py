@@ -24,10 +24,8 @@ import os
 import time
 from typing import Any
 
-import orjson
-
 from model_registry.registry import Registry
-from scf_adapter import asgi_call, events
+from scf_adapter import adapter
 from server.app import create_app
 from server.settings import Settings
 
@@ -54,18 +52,5 @@ def _maybe_refresh() -> None:
 
 def main_handler(event: Any, context: Any = None) -> dict:
     """Answer one SCF invocation in the API Gateway integrated-response format."""
-    try:
-        kind = events.kind_of(event)
-        request = events.to_request(event, kind)
-    except events.BadEvent as exc:
-        body = {"ok": False, "error": {"code": "bad_event", "message": str(exc)}}
-        return events.to_answer(
-            events.HttpResponse(400, [(b"content-type", b"application/json")], _dumps(body)), events.TENCENT_APIGW
-        )
     _maybe_refresh()
-    response = asgi_call.call(app, request)
-    return events.to_answer(response, kind if kind in events.HTTP_KINDS else events.TENCENT_APIGW)
-
-
-def _dumps(doc: dict) -> bytes:
-    return orjson.dumps(doc)
+    return adapter.handle(app, event)
