@@ -1,0 +1,372 @@
+"""Build the SCF deploy zip: serving code, chosen registry entries, dependencies, entry files.
+
+What goes in, at the zip's root (SCF unpacks it to ``/var/user``, which is on ``PYTHONPATH``):
+
+- the serving packages ``server``, ``model_registry``, ``plugins``, ``scf_adapter`` (never
+  ``training``), with ``model_registry/bundled/`` holding only the chosen entries;
+- the serving dependencies (``SERVING_REQUIREMENTS``, the ``dependencies`` of pyproject.toml,
+  and theirs) installed from manylinux wheels for the target Python, never TensorFlow;
+- ``index.py`` (event mode: handler ``index.main_handler``) or ``scf_bootstrap`` (web mode);
+- ``__pycache__`` bytecode, when an interpreter of the target version is at hand: SCF sets
+  ``PYTHONDONTWRITEBYTECODE`` and the code folder is read-only, so without it every cold start
+  compiles every module again. The ``.pyc`` files are "unchecked-hash" ones, valid whatever
+  the file times the unzip gives.
+
+Target: SCF's standard Python runtimes run on CentOS 7.6, glibc 2.17, x86_64, so the wheels
+are ``manylinux2014``/``manylinux_2_17`` ones (``--glibc`` changes that). For glibc 2.17 the
+newest ``ai-edge-litert`` is 1.4.0 (2.x wheels need glibc 2.27).
+
+Wheels are kept in a wheelhouse (``--wheelhouse``, default ``~/.cache/capserve/wheels``);
+installation reads only that folder, and ``pip download`` fills it when something is missing
+(not at all with ``--offline``).
+"""
+
+from __future__ import annotations
+
+import compileall
+import dataclasses
+import os
+import py_compile
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import yaml
+
+SCF_LIMIT_BYTES = 500 * 1024 * 1024  # SCF: code package at most 500 MB unzipped
+SIZE_GOAL_BYTES = 150 * 1024 * 1024
+SERVING_PACKAGES = ("server", "model_registry", "plugins", "scf_adapter")
+SERVING_REQUIREMENTS = (
+    "ai-edge-litert>=1.2",
+    "numpy>=1.26",
+    "pillow>=10.0",
+    "starlette>=0.40",
+    "uvicorn>=0.30",
+    "pluggy>=1.5",
+    "pyyaml>=6.0",
+    "python-multipart>=0.0.9",
+    "prometheus-client>=0.20",
+    "orjson>=3.9",
+)
+# Top-level names that must never ship (TensorFlow alone is ~1.3 GB and does not fit SCF).
+FORBIDDEN = ("tensorflow", "tensorflow_cpu", "tf_keras", "keras", "jax", "jaxlib", "torch", "training")
+# SCF runtime name and the interpreter's absolute path in the standard environment.
+SCF_RUNTIMES = {
+    "3.10": ("Python3.10", "/var/lang/python310/bin/python3.10"),
+}
+# Versions that build (for local tests, or runtimes SCF may add) but are no documented SCF runtime.
+OTHER_PYTHONS = ("3.11", "3.12", "3.13")
+DEFAULT_WHEELHOUSE = Path(os.environ.get("CAPSERVE_WHEELHOUSE", Path.home() / ".cache" / "capserve" / "wheels"))
+
+INDEX_PY = '''"""SCF event-function entry: handler ``index.main_handler`` (written by capserve scf package)."""
+from scf_adapter.handler import main_handler  # noqa: F401  (loads the registry at import)
+'''
+
+
+class PackageError(Exception):
+    """The package cannot be built as asked."""
+
+
+@dataclasses.dataclass
+class Options:
+    out: Path
+    sites: list[str] = dataclasses.field(default_factory=list)  # empty: every site that loads
+    mode: str = "event"  # event | web
+    registry: list[Path] = dataclasses.field(default_factory=list)  # empty: $CAPSERVE_REGISTRY or bundled
+    python: str = "3.10"
+    trigger: str = "http"  # http (function URL) | apigw
+    glibc: str = "2.17"
+    wheelhouse: Path = DEFAULT_WHEELHOUSE
+    offline: bool = False
+    compile: bool = True
+    keep_dir: bool = True  # leave the unpacked folder beside the zip (serverless.yml deploys it)
+    name: str = "capserve"
+    region: str = "ap-guangzhou"
+    memory: int = 512
+    timeout: int = 10
+
+
+@dataclasses.dataclass
+class Result:
+    zip_path: Path
+    folder: Path | None
+    serverless_yml: Path
+    unzipped_bytes: int
+    zip_bytes: int
+    entries: list[tuple[str, int]]
+    compiled: bool
+    wheels: list[str]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- sources and entries ------------------------------------------------------------------------
+
+
+def source_root() -> Path:
+    import server
+
+    return Path(server.__file__).resolve().parent.parent
+
+
+def copy_sources(stage: Path) -> None:
+    root = source_root()
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        here = Path(folder)
+        skipped = []
+        for name in names:
+            path = here / name
+            if path.is_dir():
+                if name in ("__pycache__", "tests") or (here.name == "model_registry" and name == "bundled"):
+                    skipped.append(name)
+            elif not (name.endswith(".py") or here.name == "templates" or name == "py.typed"):
+                skipped.append(name)
+        return skipped
+
+    for package in SERVING_PACKAGES:
+        shutil.copytree(root / package, stage / package, ignore=ignore)
+    (stage / "model_registry" / "bundled").mkdir(exist_ok=True)
+
+
+def select_entries(roots: list[Path], sites: list[str]) -> list[tuple[str, int, Path]]:
+    """(site, version, folder) of the serving entry of each site; every entry must load."""
+    from model_registry.registry import Registry
+
+    registry = Registry(roots or None)
+    registry.refresh()
+    wanted = sites or registry.sites()
+    if not wanted:
+        problems = "; ".join(e.error or e.state for e in registry.entries()) or "no entries found"
+        raise PackageError(f"no site loads from {', '.join(map(str, registry.roots))}: {problems}")
+    chosen = []
+    for site in wanted:
+        model = registry.serving(site)
+        if model is None:
+            errors = [e.error for e in registry.site_entries(site) if e.error]
+            raise PackageError(f"site {site!r} does not load from the registry" + (f": {errors[0]}" if errors else ""))
+        entry = next(e for e in registry.site_entries(site) if e.model is model)
+        chosen.append((site, model.spec.version, entry.path.parent))
+    registry.close()
+    return chosen
+
+
+def copy_entries(stage: Path, chosen: list[tuple[str, int, Path]]) -> None:
+    bundled = stage / "model_registry" / "bundled"
+    for site, version, folder in chosen:
+        target = bundled / site / str(version)
+        target.mkdir(parents=True)
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                shutil.copy2(path, target / path.name)
+
+
+# -- dependencies -------------------------------------------------------------------------------
+
+
+def platforms(glibc: str) -> list[str]:
+    """Every manylinux tag a glibc ``major.minor`` x86_64 system accepts."""
+    major, minor = (int(x) for x in glibc.split("."))
+    tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 4, -1)]
+    legacy = {17: "manylinux2014_x86_64", 12: "manylinux2010_x86_64", 5: "manylinux1_x86_64"}
+    tags += [name for m, name in legacy.items() if m <= minor]
+    return tags
+
+
+def _pip_target_args(options: Options) -> list[str]:
+    args = ["--only-binary=:all:", "--implementation", "cp", "--python-version", options.python]
+    for tag in platforms(options.glibc):
+        args += ["--platform", tag]
+    return args
+
+
+def _pip(args: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def install_dependencies(stage: Path, options: Options) -> list[str]:
+    """Install the serving requirements into ``stage`` from the wheelhouse (filled on demand)."""
+    wheelhouse = options.wheelhouse.expanduser()
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    target_args = _pip_target_args(options)
+    install = ["install", "--no-index", "--find-links", str(wheelhouse), "--target", str(stage),
+               "--no-compile", "--quiet", *target_args, *SERVING_REQUIREMENTS]
+    result = _pip(install)
+    if result.returncode != 0:
+        if options.offline:
+            raise PackageError(f"the wheelhouse {wheelhouse} lacks wheels (offline):\n{result.stderr.strip()}")
+        log(f"downloading wheels for Python {options.python} (glibc {options.glibc}) into {wheelhouse}")
+        download = _pip(["download", "--dest", str(wheelhouse), "--find-links", str(wheelhouse), "--quiet",
+                         *target_args, *SERVING_REQUIREMENTS])
+        if download.returncode != 0:
+            raise PackageError(f"pip download failed:\n{download.stderr.strip()}")
+        result = _pip(install)
+        if result.returncode != 0:
+            raise PackageError(f"pip install into the package failed:\n{result.stderr.strip()}")
+    shutil.rmtree(stage / "bin", ignore_errors=True)  # console scripts: nothing runs them
+    return sorted(p.name for p in stage.glob("*.dist-info"))
+
+
+def check_forbidden(stage: Path) -> None:
+    found = []
+    for path in stage.iterdir():
+        top = path.name.split("-")[0].split(".")[0].lower()
+        if top in FORBIDDEN:
+            found.append(path.name)
+    if found:
+        raise PackageError(f"the package must not contain {', '.join(sorted(found))}")
+
+
+def trim(stage: Path) -> None:
+    """Drop what serving never loads: test suites of dependencies, type stubs, caches."""
+    for pattern in ("numpy/**/tests", "**/__pycache__"):
+        for path in sorted(stage.glob(pattern), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path)
+    for path in stage.rglob("*.pyi"):
+        path.unlink()
+
+
+# -- entry files, bytecode, serverless.yml ------------------------------------------------------
+
+
+def write_entry_files(stage: Path, options: Options) -> None:
+    if options.mode == "event":
+        (stage / "index.py").write_text(INDEX_PY)
+        return
+    template = (Path(__file__).parent / "templates" / "scf_bootstrap").read_text()
+    python_path = SCF_RUNTIMES.get(options.python, (None, f"/var/lang/python{options.python.replace('.', '')}"
+                                                     f"/bin/python{options.python}"))[1]
+    bootstrap = stage / "scf_bootstrap"
+    bootstrap.write_text(template.replace("@PYTHON@", python_path), newline="\n")
+    bootstrap.chmod(0o755)
+
+
+def compile_bytecode(stage: Path, python: str) -> bool:
+    """Write unchecked-hash ``.pyc`` files with an interpreter of the target version, if any."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == python:
+        ok = compileall.compile_dir(
+            str(stage), quiet=1, workers=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+        )
+        return bool(ok)
+    other = shutil.which(f"python{python}")
+    if other is None:
+        log(f"no python{python} here: the package ships without bytecode (slower cold start)")
+        return False
+    done = subprocess.run([other, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                           str(stage)], capture_output=True, text=True)
+    return done.returncode == 0
+
+
+def serverless_yml(options: Options, folder_name: str) -> str:
+    runtime = SCF_RUNTIMES.get(options.python, (f"Python{options.python}", None))[0]
+    inputs: dict = {
+        "name": options.name,
+        "src": {"src": f"./{folder_name}", "exclude": ["serverless.yml"]},
+        "type": options.mode,
+        "runtime": runtime,
+        "region": options.region,
+        "memorySize": options.memory,
+        "timeout": options.timeout,
+    }
+    if options.mode == "event":
+        inputs["handler"] = "index.main_handler"
+        inputs["initTimeout"] = 20  # the first import loads every model
+    inputs["environment"] = {"variables": {"CAPSERVE_MAX_BODY_BYTES": "2097152"}}
+    if options.trigger == "http":
+        trigger = {"http": {"parameters": {"authType": "NONE",
+                                            "netConfig": {"enableIntranet": False, "enableExtranet": True}}}}
+    else:
+        endpoint: dict = {"path": "/", "method": "ANY"}
+        if options.mode == "event":
+            endpoint["function"] = {"isIntegratedResponse": True}
+        trigger = {"apigw": {"parameters": {"protocols": ["http", "https"], "environment": "release",
+                                             "endpoints": [endpoint]}}}
+    inputs["events"] = [trigger]
+    doc = {"component": "scf", "name": options.name, "inputs": inputs}
+    header = (
+        "# Serverless Framework (Tencent `scf` component). Written by `capserve scf package`.\n"
+        f"# Deploy: cd {options.out.parent} && sls deploy   (see docs/deploy-scf.md)\n"
+    )
+    return header + yaml.safe_dump(doc, sort_keys=False)
+
+
+# -- size and zip -------------------------------------------------------------------------------
+
+
+def tree_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def write_zip(stage: Path, out: Path) -> None:
+    tmp = out.with_suffix(out.suffix + ".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+        for path in sorted(stage.rglob("*")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            name = path.relative_to(stage).as_posix()
+            info = zipfile.ZipInfo.from_file(path, name)
+            mode = path.stat().st_mode
+            info.external_attr = ((stat.S_IFREG | (0o755 if mode & 0o111 else 0o644)) & 0xFFFF) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as source, archive.open(info, "w") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+    os.replace(tmp, out)
+
+
+def human(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB"
+
+
+def build(options: Options) -> Result:
+    if options.mode not in ("event", "web"):
+        raise PackageError("--mode is event or web")
+    if options.trigger not in ("http", "apigw"):
+        raise PackageError("--trigger is http (function URL) or apigw (API Gateway)")
+    if options.python not in SCF_RUNTIMES and options.python not in OTHER_PYTHONS:
+        raise PackageError(
+            f"Python {options.python} is not a target: capserve needs Python >= 3.10; SCF runtimes: "
+            + ", ".join(SCF_RUNTIMES)
+        )
+    if options.python not in SCF_RUNTIMES:
+        log(f"note: Python {options.python} is no documented SCF runtime; this package is for local tests")
+    out = options.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chosen = select_entries(options.registry, options.sites)
+
+    with tempfile.TemporaryDirectory(prefix="capserve-scf-") as tmp:
+        stage = Path(tmp) / "package"
+        stage.mkdir()
+        copy_sources(stage)
+        copy_entries(stage, chosen)
+        wheels = install_dependencies(stage, options)
+        check_forbidden(stage)
+        trim(stage)
+        write_entry_files(stage, options)
+        compiled = compile_bytecode(stage, options.python) if options.compile else False
+        size = tree_size(stage)
+        log(f"unzipped size: {human(size)} ({size} bytes); SCF limit {human(SCF_LIMIT_BYTES)}")
+        if size > SCF_LIMIT_BYTES:
+            raise PackageError(f"the package is {human(size)} unzipped, over SCF's {human(SCF_LIMIT_BYTES)} limit")
+        if size > SIZE_GOAL_BYTES:
+            log(f"warning: over the {human(SIZE_GOAL_BYTES)} goal")
+        write_zip(stage, out)
+        folder = None
+        if options.keep_dir:
+            folder = out.parent / out.name.removesuffix(".zip")
+            if folder == out:
+                folder = out.parent / (out.name + "-src")
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(stage, folder, symlinks=True)
+    yml = out.parent / "serverless.yml"
+    yml.write_text(serverless_yml(options, (folder or out).name))
+    zip_bytes = out.stat().st_size
+    log(f"wrote {out} ({human(zip_bytes)} zipped), {yml}")
+    return Result(out, folder, yml, size, zip_bytes, [(s, v) for s, v, _ in chosen], compiled, wheels)
