@@ -169,3 +169,38 @@ def test_base64_round_trip_in_every_dialect(data):
                  standard.replace("+", " ")):
         if data:
             assert decode_base64(text, 10_000) == data
+
+
+def test_limits_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CAPSERVE_MAX_BODY_BYTES", "1234")
+    monkeypatch.setenv("CAPSERVE_MAX_PIXELS", "5000")
+    monkeypatch.setenv("CAPSERVE_MAX_FRAMES", "3")
+    monkeypatch.setenv("CAPSERVE_FORMATS", "png, gif")
+    settings = Settings()
+    assert settings.max_body_bytes == 1234
+    assert settings.image_limits == ImageLimits(max_pixels=5000, max_frames=3, formats=("PNG", "GIF"))
+
+
+def test_every_image_limit_answers_its_own_error(tiny_model_bytes, tmp_path):
+    from tests import model_factory
+
+    model_factory.write_entry(tmp_path / "tiny" / "1", tiny_model_bytes)
+    model_factory.write_entry(tmp_path / "gif" / "1", tiny_model_bytes, site="gif",
+                              preprocess=["frames_median", "grayscale", "resize", "normalize"])
+    registry = Registry([tmp_path], limits=ImageLimits(max_pixels=100 * 50, max_frames=3, formats=("PNG", "GIF")))
+    registry.refresh()
+    gif4 = many_frames_gif(4)
+    gif3 = many_frames_gif(3)
+    cases = [
+        ("tiny", png_bytes(size=(100, 50)), 200, None),
+        ("tiny", png_bytes(size=(101, 50)), 413, "image_too_large"),
+        ("tiny", JPEG, 415, "unsupported_image_format"),
+        ("gif", gif3, 200, None),
+        ("gif", gif4, 422, "too_many_frames"),
+    ]
+    with TestClient(create_app(registry, Settings(), watch=False)) as c:
+        for site, data, status, code in cases:
+            r = c.post(f"/recognize/{site}", content=data)
+            assert r.status_code == status, (site, status, r.text)
+            if code:
+                assert r.json()["error"]["code"] == code
