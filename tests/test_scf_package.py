@@ -1,0 +1,325 @@
+"""``capserve scf package``: the deploy zip works on its own, in event and in web mode.
+
+The tests marked ``SLOW`` build real packages for THIS machine's Python (so they can run
+here) with SCF's platform constraint (manylinux2014 / glibc 2.17 wheels), which takes
+~10-30 s each: pip installs the serving dependencies from a wheelhouse (downloaded once from
+PyPI into ``~/.cache/capserve/wheels`` or ``$CAPSERVE_WHEELHOUSE``, reused offline after)
+and compiles bytecode. They are skipped when the wheels can be neither found nor downloaded,
+and with ``CAPSERVE_SKIP_SLOW=1``.
+
+The site packaged is the bundled ``demo`` entry when it exists (then the answers must be the
+true captcha texts), else a tiny untrained entry (then the answers must equal the in-process
+app's answers, which are deterministic).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scf_adapter import package
+from tests import model_factory
+from tests.conftest import REPO, png_bytes
+
+DEMO_CHARSET = "23456789abcdefghjkmpqrstuvwxy"
+DEMO_EXAMPLE = REPO / "docs" / "examples" / "demo-7kp3.png"
+SLOW = pytest.mark.skipif(
+    os.environ.get("CAPSERVE_SKIP_SLOW", "") not in ("", "0"),
+    reason="slow: builds a real deploy package (pip install of manylinux wheels from a cached wheelhouse, "
+    "bytecode compilation, a fresh interpreter); CAPSERVE_SKIP_SLOW is set",
+)
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+BASE_PYTHON = getattr(sys, "_base_executable", None) or sys.executable
+
+# Run inside the isolated interpreter: sys.path is the package folder plus the standard library.
+RUNNER = r'''
+import importlib.util, json, sys, time
+started = time.perf_counter()
+folder = sys.argv[1]
+sys.path.insert(0, folder)
+from index import main_handler
+imported = time.perf_counter()
+answers = [main_handler(event, None) for event in json.load(sys.stdin)]
+done = time.perf_counter()
+modules = {name: getattr(sys.modules.get(name), "__file__", None)
+           for name in ("numpy", "starlette", "ai_edge_litert", "PIL", "server", "yaml")}
+print(json.dumps({"answers": answers, "sys_path": sys.path, "modules": modules,
+                  "tensorflow": importlib.util.find_spec("tensorflow") is not None,
+                  "import_s": imported - started, "answers_s": done - imported}))
+'''
+
+
+def demo_entry() -> Path | None:
+    found = sorted((REPO / "model_registry" / "bundled" / "demo").glob("*/model.yaml"))
+    return found[-1].parent if found else None
+
+
+def demo_captchas(count: int = 5, seed: int = 1234) -> list[tuple[str, bytes]]:
+    from captcha.image import ImageCaptcha
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        text = "".join(rng.choice(DEMO_CHARSET) for _ in range(4))
+        random.seed(rng.random())
+        out.append((text, ImageCaptcha(width=100, height=50).generate(text).getvalue()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory, tiny_model_bytes):
+    """(site, registry args, [(label or None, image bytes)]) to package and read."""
+    if demo_entry() is not None:
+        images = [("7kp3", DEMO_EXAMPLE.read_bytes())] + demo_captchas()
+        return "demo", [], images
+    root = tmp_path_factory.mktemp("registry")
+    model_factory.write_entry(root / "tiny" / "1", tiny_model_bytes)
+    return "tiny", ["--registry", str(root)], [(None, png_bytes(t)) for t in ("1234", "98", "5")]
+
+
+def build_cli(out: Path, site: str, registry_args: list[str], *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "server.cli", "scf", "package", "--out", str(out), "--site", site,
+               "--python", HOST_PYTHON, *registry_args, *extra]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0 and ("pip download failed" in done.stderr or "lacks wheels" in done.stderr):
+        pytest.skip(f"the serving wheels can be neither found nor downloaded:\n{done.stderr[-2000:]}")
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def in_process_answers(site: str, registry_args: list[str], images) -> list[dict]:
+    """What the HTTP app answers for the same images (TestClient on create_app)."""
+    from starlette.testclient import TestClient
+
+    from model_registry.registry import Registry
+    from server.app import create_app
+
+    roots = [Path(registry_args[1])] if registry_args else None
+    with TestClient(create_app(Registry(roots), watch=False)) as client:
+        answers = []
+        for _, data in images:
+            doc = client.post(f"/recognize/{site}", content=data, headers={"content-type": "image/png"}).json()
+            doc.pop("elapsed_ms", None)
+            answers.append(doc)
+    return answers
+
+
+def events_for(site: str, images) -> list[dict]:
+    out = []
+    for i, (_, data) in enumerate(images):
+        encoded = base64.b64encode(data).decode()
+        if i % 2:  # Tencent API Gateway, raw PNG body base64-encoded by the gateway
+            out.append({"httpMethod": "POST", "path": f"/recognize/{site}", "headers": {"Content-Type": "image/png"},
+                        "queryString": {}, "body": encoded, "isBase64Encoded": True,
+                        "requestContext": {"serviceId": "service-x", "stage": "release", "path": "/"}})
+        else:  # Tencent function URL, GET ?base64Image=
+            out.append({"httpMethod": "GET", "path": f"/recognize/{site}", "headers": {},
+                        "queryString": {"base64Image": encoded}, "body": ""})
+    return out
+
+
+@pytest.fixture(scope="module")
+def event_package(tmp_path_factory, target):
+    site, registry_args, _ = target
+    out = tmp_path_factory.mktemp("dist") / "capserve-scf.zip"
+    done = build_cli(out, site, registry_args)
+    return out, done
+
+
+# -- the event-function package -----------------------------------------------------------------
+
+
+@SLOW
+def test_package_contents(event_package, target):
+    out, done = event_package
+    site = target[0]
+    assert "unzipped size:" in done.stderr and str(out) in done.stdout
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+        unzipped = sum(info.file_size for info in archive.infolist())
+    tops = {name.split("/")[0] for name in names}
+    assert "index.py" in tops and {"server", "model_registry", "plugins", "scf_adapter"} <= tops
+    assert not tops & {"training", "tensorflow", "keras", "tests"}, tops
+    bundled = {n.split("/")[2] for n in names if n.startswith("model_registry/bundled/") and n.endswith("model.yaml")}
+    assert bundled == {site}
+    assert any(n.endswith(".pyc") for n in names), "bytecode is shipped for the target Python"
+    assert unzipped <= package.SCF_LIMIT_BYTES
+    yml = yaml.safe_load((out.parent / "serverless.yml").read_text())
+    assert yml["component"] == "scf" and yml["inputs"]["handler"] == "index.main_handler"
+    assert yml["inputs"]["type"] == "event" and "http" in yml["inputs"]["events"][0]
+    assert (out.parent / yml["inputs"]["src"]["src"]).joinpath("index.py").is_file()
+
+
+@SLOW
+def test_isolated_process_reads_the_captchas(event_package, target, tmp_path):
+    """Unzip, then main_handler in `python -I -S`: only the package folder and the stdlib."""
+    out, _ = event_package
+    site, registry_args, images = target
+    folder = tmp_path / "unzipped"
+    with zipfile.ZipFile(out) as archive:
+        archive.extractall(folder)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    done = subprocess.run([BASE_PYTHON, "-I", "-S", "-c", RUNNER, str(folder)], input=json.dumps(events_for(site, images)),
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["sys_path"][0] == str(folder)
+    assert all(not p or "site-packages" not in p and "dist-packages" not in p for p in report["sys_path"])
+    for name, path in report["modules"].items():
+        assert path and path.startswith(str(folder)), (name, path)
+    assert report["tensorflow"] is False
+
+    answers = []
+    for answer in report["answers"]:
+        assert answer["statusCode"] == 200 and answer["isBase64Encoded"] is False, answer
+        doc = json.loads(answer["body"])
+        doc.pop("elapsed_ms")
+        answers.append(doc)
+    assert answers == in_process_answers(site, registry_args, images)  # the HTTP app's answers
+    labels = [label for label, _ in images]
+    if site == "demo":
+        assert answers[0]["text"] == "7kp3"  # the bundled example captcha
+        correct = sum(a["text"] == label for a, label in zip(answers, labels))
+        assert correct >= len(labels) - 1, list(zip(labels, [a["text"] for a in answers]))
+
+
+# -- the web-function package -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@SLOW
+def test_web_bootstrap_answers_over_loopback(tmp_path_factory, target):
+    site, registry_args, images = target
+    out = tmp_path_factory.mktemp("dist-web") / "capserve-web.zip"
+    build_cli(out, site, registry_args, "--mode", "web", "--trigger", "apigw", "--no-compile")
+    folder = out.parent / "unzipped"
+    with zipfile.ZipFile(out) as archive:
+        info = archive.getinfo("scf_bootstrap")
+        assert (info.external_attr >> 16) & stat.S_IXUSR, "scf_bootstrap must be executable"
+        archive.extractall(folder)
+    script = folder / "scf_bootstrap"
+    text = script.read_text()
+    assert text.startswith("#!/bin/bash\n") and "\r" not in text and "@PYTHON@" not in text
+    assert "0.0.0.0" in text and "9000" in text
+    yml = yaml.safe_load((out.parent / "serverless.yml").read_text())
+    assert yml["inputs"]["type"] == "web" and "handler" not in yml["inputs"] and "apigw" in yml["inputs"]["events"][0]
+    script.chmod(0o755)  # zipfile does not restore modes
+
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder),
+           "CAPSERVE_PYTHON": BASE_PYTHON, "CAPSERVE_PORT": str(port)}
+    process = subprocess.Popen([str(script)], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the bootstrap did not serve: {process.stdout.read().decode()[-3000:]}")
+                time.sleep(0.2)
+        label, data = images[0]
+        query = urllib.parse.urlencode({"base64Image": base64.b64encode(data).decode()})
+        with urllib.request.urlopen(f"{base}/recognize/{site}?{query}", timeout=10) as r:
+            doc = json.loads(r.read())
+        doc.pop("elapsed_ms")
+        assert doc == in_process_answers(site, registry_args, images[:1])[0]
+        if label:
+            assert doc["text"] == label
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+# -- quick checks of the builder (no network) ---------------------------------------------------
+
+
+def test_requirements_match_pyproject():
+    import tomllib
+
+    doc = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert sorted(package.SERVING_REQUIREMENTS) == sorted(doc["project"]["dependencies"])
+
+
+def test_platform_tags_for_scf_glibc():
+    tags = package.platforms("2.17")
+    assert "manylinux2014_x86_64" in tags and "manylinux_2_17_x86_64" in tags and "manylinux1_x86_64" in tags
+    assert not any(t.startswith("manylinux_2_27") for t in tags)
+
+
+def test_forbidden_packages_are_refused(tmp_path):
+    (tmp_path / "numpy").mkdir()
+    package.check_forbidden(tmp_path)
+    (tmp_path / "tensorflow").mkdir()
+    with pytest.raises(package.PackageError, match="tensorflow"):
+        package.check_forbidden(tmp_path)
+
+
+@pytest.mark.parametrize("trigger", ["http", "apigw"])
+@pytest.mark.parametrize("mode", ["event", "web"])
+def test_serverless_yml(tmp_path, trigger, mode):
+    options = package.Options(out=tmp_path / "capserve.zip", mode=mode, trigger=trigger)
+    doc = yaml.safe_load(package.serverless_yml(options, "capserve"))
+    inputs = doc["inputs"]
+    assert doc["component"] == "scf" and inputs["runtime"] == "Python3.10" and inputs["type"] == mode
+    assert ("handler" in inputs) == (mode == "event")
+    event = inputs["events"][0]
+    if trigger == "http":
+        assert event["http"]["parameters"]["authType"] == "NONE"
+    else:
+        endpoint = event["apigw"]["parameters"]["endpoints"][0]
+        assert endpoint["path"] == "/" and endpoint["method"] == "ANY"
+        assert endpoint.get("function", {}).get("isIntegratedResponse", False) == (mode == "event")
+
+
+def _quick_build(tmp_path, registry_dir, monkeypatch, size: int, **kwargs):
+    monkeypatch.setattr(package, "install_dependencies", lambda stage, options: [])
+    monkeypatch.setattr(package, "tree_size", lambda folder: size)
+    options = package.Options(out=tmp_path / "out" / "capserve.zip", registry=[registry_dir], compile=False, **kwargs)
+    return package.build(options)
+
+
+def test_size_over_the_scf_limit_fails(tmp_path, registry_dir, monkeypatch):
+    with pytest.raises(package.PackageError, match="over SCF's"):
+        _quick_build(tmp_path, registry_dir, monkeypatch, package.SCF_LIMIT_BYTES + 1)
+    assert not (tmp_path / "out" / "capserve.zip").exists()
+
+
+def test_build_layout_without_dependencies(tmp_path, registry_dir, monkeypatch, capsys):
+    result = _quick_build(tmp_path, registry_dir, monkeypatch, 1234)
+    assert result.entries == [("tiny", 1)] and "unzipped size" in capsys.readouterr().err
+    with zipfile.ZipFile(result.zip_path) as archive:
+        names = set(archive.namelist())
+    assert "index.py" in names and "model_registry/bundled/tiny/1/model.yaml" in names
+    assert not any(n.startswith(("training/", "tests/")) or "__pycache__" in n for n in names)
+
+
+def test_unknown_site_and_unsupported_python_are_refused(tmp_path, registry_dir, monkeypatch):
+    with pytest.raises(package.PackageError, match="nope"):
+        _quick_build(tmp_path, registry_dir, monkeypatch, 1, sites=["nope"])
+    with pytest.raises(package.PackageError, match="3.10"):
+        _quick_build(tmp_path, registry_dir, monkeypatch, 1, python="3.9")
