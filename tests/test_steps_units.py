@@ -60,8 +60,7 @@ def test_label_components_matches_breadth_first_search(mask, connectivity):
     pixels, roots = cleaning.label_components(mask, connectivity)
     assert np.array_equal(pixels, np.flatnonzero(mask))
     assert same_partition(roots, reference_labels(mask, connectivity).ravel()[pixels])
-    # every id is the smallest position in its component
-    assert all(roots[roots == r].size and r == np.flatnonzero(roots == r)[0] for r in np.unique(roots))
+    assert roots.size == 0 or 0 <= roots.min() <= roots.max() < roots.size
 
 
 @pytest.mark.parametrize("shape", [(50, 100), (200, 400)])
@@ -163,6 +162,26 @@ def test_flatten_alpha_matches_pil_alpha_composite(rgba, background):
     expected = Image.alpha_composite(Image.new("RGBA", (5, 4), background + (255,)), Image.fromarray(rgba, "RGBA"))
     got = colour.flatten_alpha(rgba, background=background)
     assert np.abs(got.astype(int) - np.asarray(expected)[..., :3]).max() <= 1
+
+
+def test_composite_is_exactly_the_rounded_integer_formula():
+    value, alpha = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    rgba = np.stack([value, value, value, alpha], -1).astype(np.uint8)
+    for background in (0, 1, 37, 127, 128, 200, 254, 255):
+        got = colour.composite(rgba, (background, 255 - background, background))
+        exact_r = (value * alpha + background * (255 - alpha) + 127) // 255
+        exact_g = (value * alpha + (255 - background) * (255 - alpha) + 127) // 255
+        assert np.array_equal(got[..., 0], exact_r) and np.array_equal(got[..., 1], exact_g)
+
+
+@pytest.mark.parametrize("count", range(1, 13))
+def test_frames_median_equals_numpy_median_rounded_half_up(count):
+    stack = np.random.default_rng(count).integers(0, 256, (count, 7, 9, 4), dtype=np.uint8)
+    stack[..., 3] = 255
+    expected = np.floor(np.median(stack[..., :3].astype(np.float64), axis=0) + 0.5)
+    assert np.array_equal(frames.frames_median(stack), expected.astype(np.uint8))
+    mean = np.floor(stack[..., :3].mean(axis=0) + 0.5)
+    assert np.array_equal(frames.frames_blend(stack), mean.astype(np.uint8))
 
 
 def test_frames_steps_on_known_values():

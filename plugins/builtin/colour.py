@@ -45,15 +45,25 @@ def invert(image: np.ndarray, *, maximum: float = 1.0) -> np.ndarray:
 def color_distance_mask(image: np.ndarray, colors: tuple[tuple[int, int, int], ...], tolerance: float) -> np.ndarray:
     """``(H, W)`` bool: True where a pixel's RGB lies within ``tolerance`` (Euclidean) of any colour.
 
-    A one-channel image is compared as gray (r = g = b). Alpha, if any, is ignored.
+    A one-channel image is compared as gray (r = g = b). Alpha, if any, is ignored. The
+    distance is computed on whole colour planes in float32 (exact for these integers).
     """
-    pixels = (image[..., :3] if image.shape[-1] >= 3 else image[..., :1]).astype(np.int32)
-    limit = int(tolerance * tolerance)
+    if image.shape[-1] >= 3:
+        planes = np.moveaxis(image[..., :3], -1, 0).astype(np.float32)  # (3, H, W), contiguous
+    else:
+        gray = image[..., 0].astype(np.float32)
+        planes = (gray, gray, gray)
+    limit = np.float32(tolerance * tolerance)
     mask = None
     for colour in colors:
-        diff = pixels - np.asarray(colour, dtype=np.int32)  # (H, W, 3), also for gray (broadcast)
-        near = np.einsum("hwc,hwc->hw", diff, diff) <= limit
-        mask = near if mask is None else mask | near
+        dist = planes[0] - np.float32(colour[0])
+        dist *= dist
+        for plane, value in zip(planes[1:], colour[1:]):
+            diff = plane - np.float32(value)
+            diff *= diff
+            dist += diff
+        near = dist <= limit
+        mask = near if mask is None else np.logical_or(mask, near, out=mask)
     return mask
 
 
@@ -112,12 +122,25 @@ def flatten_alpha(image: np.ndarray, *, background: tuple[int, int, int] = (255,
     if image.shape[-1] != 4:
         return image
     require_uint8(image, "flatten_alpha")
-    alpha = image[..., 3:].astype(np.uint16)
-    if image.shape[0] and alpha.min() == 255:
+    if image[..., 3].min() == 255:
         return image[..., :3]
-    rgb = image[..., :3].astype(np.uint16)
-    bg = np.asarray(background, dtype=np.uint16)
-    out = (rgb * alpha + bg * (255 - alpha) + 127) // 255
+    return composite(image, background)
+
+
+def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """``(..., 4)`` uint8 over an opaque ``background`` -> ``(..., 3)`` uint8, rounded to nearest.
+
+    ``bg + (rgb - bg) * alpha / 255`` in float32: the exact value is never within 1/510 of a
+    rounding tie (255 is odd), far above float32's error here, so this equals the integer
+    ``round((rgb * a + bg * (255 - a)) / 255)``.
+    """
+    alpha = rgba[..., 3:].astype(np.float32)
+    alpha *= np.float32(1 / 255)
+    bg = np.asarray(background, dtype=np.float32)
+    out = rgba[..., :3].astype(np.float32)
+    out -= bg
+    out *= alpha
+    out += bg + np.float32(0.5)
     return out.astype(np.uint8)
 
 
