@@ -47,17 +47,24 @@ for _name in BUILTIN_PLUGINS:
 _hooktrace = pm.trace.root.get("hook")
 
 
+def _call(hook_name: str, plugin_name: str | None, func: Any) -> list[Any]:
+    """Call one plugin's hook implementation, tracing it like pluggy does.
+
+    Implementations are called one at a time (to know which plugin gave what), which bypasses
+    pluggy's hook-call monitoring, so the trace of ``CAPSERVE_TRACE_PLUGINS`` is written here.
+    """
+    _hooktrace.root.indent += 1
+    _hooktrace(hook_name, {"plugin": plugin_name})
+    items = list(func() or ())
+    _hooktrace("finish", hook_name, "-->", [item.name for item in items])
+    _hooktrace.root.indent -= 1
+    return items
+
+
 def _collect(hook: Any, kind: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for impl in hook.get_hookimpls():
-        # Each implementation is called on its own (to know which plugin gave what), which
-        # bypasses pluggy's hook-call monitoring, so the trace is written here.
-        _hooktrace.root.indent += 1
-        _hooktrace(hook.name, {"plugin": impl.plugin_name})
-        items = list(impl.function() or ())
-        _hooktrace("finish", hook.name, "-->", [item.name for item in items])
-        _hooktrace.root.indent -= 1
-        for item in items:
+        for item in _call(hook.name, impl.plugin_name, impl.function):
             if item.name in found:
                 raise RuntimeError(
                     f"{kind} {item.name!r} is registered twice (again by plugin {impl.plugin_name!r})"
@@ -109,6 +116,6 @@ def list_plugins() -> list[dict[str, Any]]:
         ):
             func = getattr(plugin, hook, None)
             if func is not None:
-                provided[key] = [item.name for item in func() or ()]
+                provided[key] = [item.name for item in _call(hook, name, func)]
         out.append({"name": name, "origin": origin, "version": version, **provided})
     return sorted(out, key=lambda p: (p["origin"] != "builtin", p["name"]))

@@ -63,3 +63,10 @@ def test_trace_env_var_prints_hook_calls():
         cwd=REPO, env={**env, "CAPSERVE_TRACE_PLUGINS": "0"}, capture_output=True, text=True, timeout=120,
     )
     assert "register_preprocess_steps" not in quiet.stderr
+
+
+def test_the_plugin_guide_documents_every_builtin_step():
+    guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    for name in list(manager.preprocess_steps()) + list(manager.postprocess_steps()):
+        if not name.startswith("example_"):
+            assert f"`{name}`" in guide, name
