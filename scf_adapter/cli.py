@@ -30,6 +30,9 @@ def add_parsers(subparsers) -> None:
                          "or $CAPSERVE_WHEELHOUSE)")
     package.add_argument("--offline", action="store_true", help="only use wheels already in the wheelhouse")
     package.add_argument("--no-compile", action="store_true", help="ship no bytecode (smaller, slower cold start)")
+    package.add_argument("--compile-with", metavar="PYTHON",
+                         help="interpreter of the target version to write bytecode with (default: this one when "
+                         "it matches, else pythonX.Y on PATH; without one the package ships no bytecode)")
     package.add_argument("--no-dir", action="store_true", help="do not keep the unpacked folder beside the zip")
     package.add_argument("--name", default="capserve", help="function name in serverless.yml")
     package.add_argument("--region", default="ap-guangzhou")
@@ -44,7 +47,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     options = package.Options(
         out=args.out, sites=args.site, mode=args.mode, registry=args.registry, python=args.python,
         trigger=args.trigger, glibc=args.glibc, offline=args.offline, compile=not args.no_compile,
-        keep_dir=not args.no_dir, name=args.name, region=args.region, memory=args.memory, timeout=args.timeout,
+        compile_with=args.compile_with, keep_dir=not args.no_dir, name=args.name, region=args.region, memory=args.memory, timeout=args.timeout,
     )
     if args.wheelhouse:
         options.wheelhouse = args.wheelhouse

@@ -83,6 +83,7 @@ class Options:
     wheelhouse: Path = DEFAULT_WHEELHOUSE
     offline: bool = False
     compile: bool = True
+    compile_with: str | None = None  # an interpreter of the target version (default: this one or pythonX.Y)
     keep_dir: bool = True  # leave the unpacked folder beside the zip (serverless.yml deploys it)
     name: str = "capserve"
     region: str = "ap-guangzhou"
@@ -249,17 +250,22 @@ def write_entry_files(stage: Path, options: Options) -> None:
     bootstrap.chmod(0o755)
 
 
-def compile_bytecode(stage: Path, python: str) -> bool:
+def compile_bytecode(stage: Path, python: str, interpreter: str | None = None) -> bool:
     """Write unchecked-hash ``.pyc`` files with an interpreter of the target version, if any."""
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == python:
+    if interpreter is None and f"{sys.version_info.major}.{sys.version_info.minor}" == python:
         ok = compileall.compile_dir(
             str(stage), quiet=1, workers=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
         )
         return bool(ok)
-    other = shutil.which(f"python{python}")
+    other = interpreter or shutil.which(f"python{python}")
     if other is None:
-        log(f"no python{python} here: the package ships without bytecode (slower cold start)")
+        log(f"no python{python} here: the package ships without bytecode (slower cold start; "
+            "see --compile-with)")
         return False
+    version = subprocess.run([other, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True)
+    if version.stdout.strip() != python:
+        raise PackageError(f"{other} is Python {version.stdout.strip() or '?'}, not {python}")
     done = subprocess.run([other, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
                            str(stage)], capture_output=True, text=True)
     return done.returncode == 0
@@ -350,7 +356,7 @@ def build(options: Options) -> Result:
         check_forbidden(stage)
         trim(stage)
         write_entry_files(stage, options)
-        compiled = compile_bytecode(stage, options.python) if options.compile else False
+        compiled = compile_bytecode(stage, options.python, options.compile_with) if options.compile else False
         size = tree_size(stage)
         log(f"unzipped size: {human(size)} ({size} bytes); SCF limit {human(SCF_LIMIT_BYTES)}")
         if size > SCF_LIMIT_BYTES:
