@@ -14,7 +14,8 @@ Environment:
 ``CAPSERVE_SCF_REFRESH_INTERVAL``
     seconds; when set, an invocation rescans the registry if the last scan is older (for a
     registry on a mounted file system, CFS). Default 0: load once per container.
-Plus every ``capserve serve`` setting (``CAPSERVE_MAX_BODY_BYTES``, API keys...).
+Plus every ``capserve serve`` setting (``CAPSERVE_MAX_BODY_BYTES``, API keys...);
+``CAPSERVE_LAZY=1`` defers each model to its site's first request (many sites, one function).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from server.settings import Settings
 log = logging.getLogger("capserve.scf")
 
 settings = Settings()
-registry = Registry(settings.registry or None, limits=settings.image_limits)
+registry = Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
 registry.refresh()
 app = create_app(registry, settings, watch=False)
 
