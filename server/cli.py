@@ -39,9 +39,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CAPSERVE_REGISTRY"] = os.pathsep.join(str(p.resolve()) for p in args.registry)
     if args.lazy:
         os.environ["CAPSERVE_LAZY"] = "1"
+    from server.protocol import HTTP_PROTOCOL
+
     uvicorn.run(
         "server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-        log_level=args.log_level, access_log=args.access_log,
+        log_level=args.log_level, access_log=args.access_log, http=HTTP_PROTOCOL,
     )
     return 0
 
