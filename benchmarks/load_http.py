@@ -1,0 +1,276 @@
+"""HTTP under load: wrk against capserve and its peers on loopback, in one run.
+
+Every server runs as its own process group behind uvicorn with the same settings (same
+worker count, log level warning, no access log, uvicorn's default loop and HTTP parser);
+wrk runs in a separate process. For each server, method (GET ``?base64Image=``, POST JSON)
+and connection count, wrk runs for ``--duration`` seconds after a short warm-up, cycling
+through the same sample captchas. Reported: requests/s, p50/p99/p99.9 latency (wrk's own
+histogram), and errors (non-2xx answers plus socket errors and timeouts).
+
+    python benchmarks/load_http.py [--servers capserve,bare,naive,ddddocr] [--connections 1,16,64]
+        [--methods GET,POST] [--duration 10] [--workers 2] [--json out.json]
+
+Servers:
+  capserve   ``capserve serve`` with every feature on: validation, plugins, metrics, hot reload
+  bare       a bare LiteRT endpoint (benchmarks/peers/bare_app.py)
+  naive      the per-pixel + tf.lite baseline (benchmarks/peers/naive_app.py)
+  ddddocr    ddddocr's general model (benchmarks/peers/ddddocr_app.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.load_common import (  # noqa: E402
+    WORK, Server, b64, capserve_argv, entry_spec, free_port, make_registry, model_entry, peer_argv, rss_mb,
+    sample_images, uvicorn_argv, worker_rss_mb,
+)
+
+SERVERS = {
+    "capserve": "capserve serve, every feature on",
+    "capserve-stock-http": "the capserve app behind stock uvicorn (no TCP_NODELAY)",
+    "bare": "bare LiteRT endpoint",
+    "naive": "naive baseline (getpixel + tf.lite)",
+    "ddddocr": "ddddocr general model in a wrapper",
+}
+PEER_MODULES = {"bare": "bare_app", "naive": "naive_app", "ddddocr": "ddddocr_app"}
+SITE = "demo"
+
+# wrk script: cycle through pre-formatted requests; at the end write the summary as JSON.
+LUA = r"""
+local requests = {}
+local counter = 0
+local items = {
+__ITEMS__
+}
+
+init = function(args)
+  for i, item in ipairs(items) do
+    if item[1] == "GET" then
+      requests[i] = wrk.format("GET", item[2])
+    else
+      requests[i] = wrk.format("POST", item[2], {["Content-Type"] = "application/json"}, item[3])
+    end
+  end
+  counter = math.random(#requests)
+end
+
+request = function()
+  counter = counter % #requests + 1
+  return requests[counter]
+end
+
+done = function(summary, latency, requests_)
+  local f = io.open("__OUT__", "w")
+  f:write(string.format(
+    '{"requests": %d, "duration_us": %d, "bytes": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "p999_us": %d, ' ..
+    '"mean_us": %f, "max_us": %d}',
+    summary.requests, summary.duration, summary.bytes, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.mean, latency.max))
+  f:close()
+end
+"""
+
+
+def lua_string(s: str) -> str:
+    return "[==[" + s + "]==]"
+
+
+def write_script(path: Path, method: str, samples: list[tuple[str, bytes]], out: Path) -> None:
+    items = []
+    for _, data in samples:
+        encoded = b64(data)
+        if method == "GET":
+            items.append(f'{{"GET", {lua_string(f"/recognize/{SITE}?base64Image=" + urllib.parse.quote(encoded, safe=""))}}}')
+        else:
+            items.append(f'{{"POST", {lua_string(f"/recognize/{SITE}")}, {lua_string(json.dumps({"image": encoded}))}}}')
+    path.write_text(LUA.replace("__ITEMS__", ",\n".join(items)).replace("__OUT__", str(out)))
+
+
+def run_wrk(base: str, script: Path, out: Path, connections: int, duration: float, timeout: float = 10.0) -> dict:
+    """One wrk run; returns its summary (latencies in ms, requests/s)."""
+    threads = min(2, connections)
+    out.unlink(missing_ok=True)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", f"--timeout={timeout:g}s",
+            "-s", str(script), base]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    if res.returncode != 0 or not out.exists():
+        raise RuntimeError(f"wrk failed ({res.returncode}): {res.stderr or res.stdout}")
+    raw = json.loads(out.read_text())
+    seconds = raw["duration_us"] / 1e6
+    socket_errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+    return {
+        "connections": connections,
+        "requests": raw["requests"],
+        "seconds": round(seconds, 2),
+        "rps": raw["requests"] / seconds,
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p90_ms": raw["p90_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+        "p999_ms": raw["p999_us"] / 1e3,
+        "mean_ms": raw["mean_us"] / 1e3,
+        "max_ms": raw["max_us"] / 1e3,
+        "non2xx": raw["status"],
+        "socket_errors": socket_errors,
+        "errors": raw["status"] + socket_errors,
+    }
+
+
+def check_answers(base: str, samples: list[tuple[str, bytes]]) -> dict:
+    """Ask every sample once by GET and by POST; count 200s and texts equal to the label."""
+    ok = correct = 0
+    texts = []
+    with httpx.Client(timeout=30) as client:
+        for text, data in samples:
+            for method in ("GET", "POST"):
+                if method == "GET":
+                    r = client.get(f"{base}/recognize/{SITE}", params={"base64Image": b64(data)})
+                else:
+                    r = client.post(f"{base}/recognize/{SITE}", json={"image": b64(data)})
+                if r.status_code == 200:
+                    ok += 1
+                    answer = r.json()["text"]
+                    correct += answer.lower() == text.lower()
+                    if method == "GET":
+                        texts.append(answer)
+                else:
+                    texts.append(None)
+    return {"answered_200": ok, "asked": 2 * len(samples), "label_match": correct, "texts": texts}
+
+
+def bench_server(name: str, *, registry: Path, entry: Path, samples, connections: list[int], methods: list[str],
+                 duration: float, warmup: float, workers: int, work: Path, log: Path, env: dict | None = None,
+                 stock_http: bool = False) -> dict:
+    port = free_port()
+    server_env = {"BENCH_ENTRY": str(entry), **(env or {})}
+    if name == "capserve":
+        argv = capserve_argv(registry, port, workers)
+    elif name == "capserve-stock-http":  # the same app behind stock uvicorn (no TCP_NODELAY fix)
+        argv = uvicorn_argv("server.app:create_app", port, workers, stock_http=True)
+        server_env["CAPSERVE_REGISTRY"] = str(registry)
+    else:
+        argv = peer_argv(PEER_MODULES[name], port, workers, stock_http=stock_http)
+    result: dict = {"server": name, "label": SERVERS.get(name, name), "runs": []}
+    with Server(argv, port, env=server_env, log=log) as server:
+        result["ready_s"] = server.wait_ready()
+        result["check"] = check_answers(server.base, samples)
+        result["rss_ready_mb"] = rss_mb(server.proc.pid)
+        for method in methods:
+            script, out = work / f"{name}-{method}.lua", work / f"{name}-{method}.json"
+            write_script(script, method, samples, out)
+            run_wrk(server.base, script, out, max(connections), warmup)  # warm every worker
+            for c in connections:
+                run = run_wrk(server.base, script, out, c, duration)
+                run["method"] = method
+                result["runs"].append(run)
+                print(f"  {name:9s} {method:4s} c={c:<3d} {run['rps']:8.1f} req/s  p50 {run['p50_ms']:7.2f}  "
+                      f"p99 {run['p99_ms']:7.2f}  p99.9 {run['p999_ms']:7.2f} ms  errors {run['errors']}",
+                      flush=True)
+        result["rss_end_mb"] = rss_mb(server.proc.pid)
+        result["worker_rss_end_mb"] = worker_rss_mb(server.proc.pid)
+    return result
+
+
+def run(servers: list[str], connections: list[int], methods: list[str], duration: float, warmup: float,
+        workers: int, n_samples: int = 64, stock_http: bool = False) -> dict:
+    entry, entry_label = model_entry()
+    spec = entry_spec(entry)
+    samples = sample_images(spec.width, spec.height, spec.charset, spec.max_length, n_samples)
+    work = Path(tempfile.mkdtemp(prefix="load-", dir=_workdir()))
+    registry = work / "registry"
+    make_registry(entry, registry, 1)
+    results = {"model": entry_label, "workers": workers, "duration_s": duration, "samples": n_samples,
+               "image_bytes_mean": sum(len(d) for _, d in samples) / len(samples), "servers": []}
+    try:
+        for name in servers:
+            print(f"{name}: {SERVERS.get(name, name)}", flush=True)
+            results["servers"].append(bench_server(
+                name, registry=registry, entry=entry, samples=samples, connections=connections, methods=methods,
+                duration=duration, warmup=warmup, workers=workers, work=work, log=work / f"{name}.log",
+                stock_http=stock_http,
+            ))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def _workdir() -> Path:
+    WORK.mkdir(parents=True, exist_ok=True)
+    return WORK
+
+
+def markdown(results: dict, reference: str = "ddddocr", bare: str = "bare") -> str:
+    """The tables: absolute numbers per server, then ratios to ddddocr and to the bare endpoint."""
+    lines = []
+    by_name = {s["server"]: s for s in results["servers"]}
+    lines.append("| server | method | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | requests |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in results["servers"]:
+        for r in s["runs"]:
+            lines.append(f"| {s['server']} | {r['method']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+                         f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} | {r['requests']} |")
+    if "capserve" in by_name:
+        lines.append("")
+        lines.append("| method | conns | capserve / ddddocr req/s | capserve / naive req/s | capserve / bare req/s | capserve p99 / bare p99 |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        cap = {(r["method"], r["connections"]): r for r in by_name["capserve"]["runs"]}
+        other = {n: {(r["method"], r["connections"]): r for r in by_name[n]["runs"]} for n in by_name}
+
+        def ratio(name: str, key, field: str = "rps") -> str:
+            r = other.get(name, {}).get(key)
+            return f"{cap[key][field] / r[field]:.2f}" if r and r[field] else "-"
+
+        for key in cap:
+            lines.append(f"| {key[0]} | {key[1]} | {ratio(reference, key)} | {ratio('naive', key)} | "
+                         f"{ratio(bare, key)} | {ratio(bare, key, 'p99_ms')} |")
+    lines.append("")
+    lines.append("| server | ready after s | answered 200 (GET+POST) | text = label | RSS after load (all processes) MB |")
+    lines.append("| --- | ---: | ---: | ---: | ---: |")
+    for s in results["servers"]:
+        c = s["check"]
+        lines.append(f"| {s['server']} | {s['ready_s']:.2f} | {c['answered_200']}/{c['asked']} | "
+                     f"{c['label_match']}/{c['asked']} | {s['rss_end_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default="capserve,bare,naive,ddddocr")
+    parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument("--methods", default="GET,POST")
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stock-http", action="store_true",
+                        help="run the peers behind stock uvicorn, without capserve's TCP_NODELAY protocol class")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    started = time.time()
+    results = run(args.servers.split(","), [int(c) for c in args.connections.split(",")],
+                  args.methods.split(","), args.duration, args.warmup, args.workers, stock_http=args.stock_http)
+    results["wall_s"] = time.time() - started
+    print()
+    print(markdown(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
