@@ -1,0 +1,205 @@
+"""``capserve train`` and ``capserve eval``.
+
+``server/cli.py`` calls ``add_parsers(subparsers)``. Nothing here imports TensorFlow at module
+level: the command functions import it when they run, so serving never loads it. Until the
+``capserve`` script is installed, ``python -m training.cli train ...`` does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _chain(text: str) -> list[Any]:
+    """A chain given on the command line as YAML or JSON (a list of steps)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"not valid YAML/JSON: {exc}") from None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("must be a list of steps, e.g. '[grayscale, {resize: {mode: pad}}, normalize]'")
+    return value
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def add_train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="train a model for a site and write a verified registry entry",
+        description="Train a captcha model from a labelled folder or a generator, export it to TFLite, "
+        "verify the file in LiteRT and write <out>/<site>/<version>/ (model.yaml, model.tflite, report/).",
+    )
+    p.add_argument("--site", required=True, help="site name of the entry (lowercase letters, digits, - and _)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, metavar="DIR",
+                     help="labelled images: LABEL.png / LABEL_anything.png, or a labels.csv / labels.txt mapping")
+    src.add_argument("--generator", metavar="SPEC",
+                     help="NAME[:key=value,...], e.g. imagecaptcha:width=100,height=50,charset=abc,min_length=4,max_length=4")
+    p.add_argument("--out", type=Path, required=True, metavar="REGISTRY_DIR", help="registry folder to write the entry into")
+    p.add_argument("--version", type=int, help="entry version (default: one above the highest in --out)")
+    p.add_argument("--description", default="")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--samples", type=int, default=20000, help="generator: training samples (default 20000)")
+    d.add_argument("--val-samples", type=int, default=2000, help="generator: validation samples (default 2000)")
+    d.add_argument("--val-split", type=float, default=0.1, help="folder: fraction held out for validation (default 0.1)")
+    d.add_argument("--val-data", type=Path, metavar="DIR", help="folder: a separate labelled validation folder")
+    d.add_argument("--charset", help="allowed characters (default: inferred from the labels / the generator's charset)")
+    d.add_argument("--case", choices=("sensitive", "lower", "upper"), default="sensitive",
+                   help="case of labels: keep (default), or fold to lower/upper case")
+    d.add_argument("--width", type=int, help="model input width (default: the images' width)")
+    d.add_argument("--height", type=int, help="model input height (default: the images' height)")
+    d.add_argument("--channels", type=int, choices=(1, 3, 4), default=1, help="model input channels (default 1)")
+    d.add_argument("--preprocess", type=_chain, metavar="YAML",
+                   help="preprocess chain, e.g. '[grayscale, {resize: {mode: pad}}, normalize]' "
+                   "(default for 1 channel: [grayscale, {resize: {mode: stretch}}, normalize])")
+    d.add_argument("--postprocess", type=_chain, metavar="YAML", help="postprocess chain written into the entry")
+    d.add_argument("--workers", type=int, help="processes that read or generate images (default: all cores)")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", choices=("cnn", "crnn"), default="cnn",
+                   help="cnn: convolutions only, CTC (default, fastest); crnn: convolutions + bidirectional GRU")
+    m.add_argument("--decoder", choices=("ctc", "fixed"), default="ctc",
+                   help="ctc: variable length (default); fixed: one softmax per position (labels of one length)")
+    m.add_argument("--filters", type=_ints, help="filters of the convolution blocks (default 16,32,64,96)")
+    m.add_argument("--units", type=int, help="width of the sequence layers (default 128)")
+    m.add_argument("--batch-norm", action="store_true", help="batch normalization after each convolution (slower on CPU)")
+
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3, dest="learning_rate", help="peak learning rate (cosine decay)")
+    t.add_argument("--target-accuracy", type=_fraction, help="stop once validation sequence accuracy reaches this")
+    t.add_argument("--patience", type=int, help="stop after this many epochs without a better validation accuracy")
+    t.add_argument("--augment", default="light",
+                   help="none | light (default) | strong | key=value list of shift, rotate, zoom, noise, contrast")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-dir", type=Path, help="save the model every epoch here (and the best weights)")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    t.add_argument("--progress", choices=("auto", "bar", "epoch", "none"), default="auto")
+
+    e = p.add_argument_group("export")
+    e.add_argument("--quantization", choices=("none", "dynamic", "float16", "int8"), default="dynamic")
+    e.add_argument("--tolerance", type=_fraction, default=0.003,
+                   help="refuse the file if LiteRT accuracy is this much below Keras (default 0.003 = 0.3 points)")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def add_eval_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="accuracy of a registered site's model on a labelled folder",
+        description="Recognize every labelled image of DIR through the served path and print sequence and "
+        "character accuracy with the most confused characters.",
+    )
+    p.add_argument("--site", required=True)
+    p.add_argument("--registry", action="append", type=Path, metavar="DIR",
+                   help="registry folder (repeatable); default: $CAPSERVE_REGISTRY or the bundled entries")
+    p.add_argument("data", nargs="?", type=Path, metavar="DIR", help="labelled images (as for train --data)")
+    p.add_argument("--generator", metavar="SPEC", help="evaluate on fresh generated images instead of DIR")
+    p.add_argument("--count", type=int, default=2000, help="with --generator: how many images (default 2000)")
+    p.add_argument("--seed", type=int, default=12345, help="with --generator: seed of the fresh images")
+    p.add_argument("--case", choices=("sensitive", "lower", "upper"), default="sensitive")
+    p.add_argument("--top", type=int, default=10, help="how many confusions to list")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def add_parsers(sub) -> None:
+    """Add ``train`` and ``eval`` to the ``capserve`` subcommands."""
+    add_train_parser(sub)
+    add_eval_parser(sub)
+
+
+def options_from_args(args: argparse.Namespace, argv: list[str] | None = None):
+    from training.pipeline import TrainOptions
+
+    fields = TrainOptions.__dataclass_fields__
+    kwargs = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    kwargs["command"] = "capserve " + shlex.join(argv if argv is not None else sys.argv[1:])
+    return TrainOptions(**kwargs)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.datasets import DatasetError
+
+    options = options_from_args(args, getattr(args, "_argv", None))
+    try:
+        from training.export import ExportError
+        from training.pipeline import run
+
+        run(options)
+    except DatasetError as exc:
+        print(f"capserve train: bad dataset: {exc}", file=sys.stderr)
+        return 2
+    except (ExportError, FileExistsError, ValueError) as exc:
+        print(f"capserve train: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from training.datasets import DatasetError
+    from training.evaluate import evaluate_folder, evaluate_generator, format_result
+
+    try:
+        if args.generator:
+            result = evaluate_generator(args.site, args.generator, args.count, seed=args.seed,
+                                        registry=args.registry, case=args.case)
+        elif args.data is not None:
+            result = evaluate_folder(args.site, args.data, registry=args.registry, case=args.case)
+        else:
+            print("capserve eval: give a labelled folder DIR or --generator SPEC", file=sys.stderr)
+            return 2
+    except DatasetError as exc:
+        print(f"capserve eval: bad dataset: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"capserve eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(args.top), indent=1))
+    else:
+        print(format_result(result, args.top))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="capserve", description="capserve training commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    args._argv = argv
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

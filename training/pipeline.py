@@ -1,0 +1,268 @@
+"""One training run end to end: data -> checks -> model -> fit -> export -> verified entry + report.
+
+``run(TrainOptions(...))`` is what ``capserve train`` calls (and the Kaggle notebook, through
+the CLI). Dataset problems raise ``DatasetError`` before TensorFlow is even imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plugins.chain import ChainError, InputShape, compile_preprocess
+from training import datasets
+from training.datasets import Dataset, DatasetError
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    site: str
+    out: Path
+    data: Path | None = None
+    generator: str | None = None
+    version: int | None = None
+    description: str = ""
+    # data
+    samples: int = 20000  # generator: training samples
+    val_samples: int = 2000  # generator: validation samples (own seed, never in training)
+    val_split: float = 0.1  # folder: fraction held out
+    val_data: Path | None = None
+    charset: str | None = None
+    case: str = "sensitive"
+    width: int | None = None
+    height: int | None = None
+    channels: int = 1
+    preprocess: list[Any] | None = None
+    postprocess: list[Any] | None = None
+    workers: int | None = None
+    # model
+    arch: str = "cnn"
+    decoder: str = "ctc"
+    filters: tuple[int, ...] | None = None
+    units: int | None = None
+    batch_norm: bool = False
+    # loop
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    target_accuracy: float | None = None
+    patience: int | None = None
+    augment: str = "light"
+    seed: int = 0
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    progress: str = "auto"
+    # export
+    quantization: str = "dynamic"
+    tolerance: float = 0.003
+    command: str | None = None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _source_size(options: TrainOptions) -> tuple[int, int] | None:
+    """The size of the training images (for the default input size)."""
+    if options.generator:
+        _, params = datasets.parse_generator_spec(options.generator)
+        if "width" in params and "height" in params:
+            return params["width"], params["height"]
+        return None
+    from plugins.images import decode_image
+
+    path, _ = datasets.scan_folder(options.data, case=options.case)[0]
+    try:
+        array = decode_image(path.read_bytes())
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot be read: {exc}") from None
+    return array.shape[1], array.shape[0]
+
+
+def prepare(options: TrainOptions) -> tuple[Dataset, Dataset, str, InputShape, list[Any]]:
+    """Load or generate the data and check it; everything that can fail before training does."""
+    if (options.data is None) == (options.generator is None):
+        raise DatasetError("give exactly one of --data DIR or --generator SPEC")
+    if options.data is not None and not Path(options.data).is_dir():
+        raise DatasetError(f"{options.data}: is not a folder")
+    width, height = options.width, options.height
+    if width is None or height is None:
+        size = _source_size(options)
+        if size is None:
+            raise DatasetError("give --width and --height (the generator does not say its image size)")
+        width, height = width or size[0], height or size[1]
+    shape = InputShape(width, height, options.channels)
+    preprocess = options.preprocess if options.preprocess is not None else datasets.default_preprocess(options.channels)
+    try:
+        compile_preprocess(preprocess, shape)
+    except ChainError as exc:
+        raise DatasetError(f"--preprocess: {exc}") from None
+
+    started = time.perf_counter()
+    if options.generator:
+        generator, params = datasets.parse_generator_spec(options.generator)
+        charset = options.charset or params.get("charset")
+        if charset is not None:
+            charset = datasets.apply_case(charset, options.case)
+            charset = "".join(dict.fromkeys(charset))
+        log(f"generating {options.samples} training and {options.val_samples} validation samples with {generator.name} ...")
+        train = datasets.generate(generator, params, options.samples, shape, preprocess, seed=options.seed,
+                                  workers=options.workers, case=options.case)
+        val = datasets.generate(generator, params, options.val_samples, shape, preprocess,
+                                seed=f"val:{options.seed}", workers=options.workers, case=options.case)
+        charset = datasets.check_labels(train.labels + val.labels, train.sources + val.sources, charset=charset,
+                                        decoder=options.decoder, where=f"generator {generator.name}")
+    else:
+        log(f"reading {options.data} ...")
+        data, charset = datasets.load_folder(options.data, shape, preprocess, case=options.case,
+                                             charset=options.charset, decoder=options.decoder, workers=options.workers)
+        if options.val_data is not None:
+            val, _ = datasets.load_folder(options.val_data, shape, preprocess, case=options.case, charset=charset,
+                                          decoder=options.decoder, workers=options.workers)
+            train = data
+        else:
+            train, val = datasets.split(data, options.val_split, seed=options.seed)
+        # the split may leave the training part with one label only
+        datasets.check_labels(train.labels, train.sources, charset=charset, decoder=options.decoder,
+                              where=f"{options.data} (training part)")
+    if options.decoder == "fixed":
+        lengths = {len(label) for label in train.labels + val.labels}
+        if len(lengths) > 1:
+            raise DatasetError(f"a fixed-length head needs labels of one length, found lengths {sorted(lengths)}")
+    log(f"{len(train)} training, {len(val)} validation samples, charset {charset!r} ({len(charset)}), "
+        f"input {width}x{height}x{options.channels} ({time.perf_counter() - started:.0f}s)")
+    return train, val, charset, shape, list(preprocess)
+
+
+def model_config(options: TrainOptions, shape: InputShape, charset: str, max_length: int):
+    from training.models import ModelConfig
+
+    kwargs: dict[str, Any] = {}
+    if options.filters:
+        kwargs["filters"] = tuple(options.filters)
+    if options.units:
+        kwargs["units"] = options.units
+    return ModelConfig(
+        arch=options.arch,
+        decoder=options.decoder,
+        height=shape.height,
+        width=shape.width,
+        channels=shape.channels,
+        charset_size=len(charset),
+        length=max_length,
+        batch_norm=options.batch_norm,
+        **kwargs,
+    )
+
+
+def run(options: TrainOptions) -> Path:
+    """Train, export, verify and write the entry; returns the entry folder."""
+    from training import entry
+    from training.export import MODES, ExportError
+
+    if options.quantization not in MODES:
+        raise ExportError(f"unknown quantization mode {options.quantization!r}; modes: {', '.join(MODES)}")
+    version = options.version or entry.next_version(options.out, options.site)
+    target = Path(options.out) / options.site / str(version) / "model.yaml"
+    if target.exists():
+        raise FileExistsError(f"{target} exists; choose another --version")
+    train, val, charset, shape, preprocess = prepare(options)
+    lengths = [len(label) for label in train.labels + val.labels]
+    min_length, max_length = min(lengths), max(lengths)
+    if options.generator:
+        _, params = datasets.parse_generator_spec(options.generator)
+        min_length = min(min_length, params.get("min_length", min_length))
+        max_length = max(max_length, params.get("max_length", max_length))
+    config = model_config(options, shape, charset, max_length)
+
+    from training.export import export
+    from training.models import build_model
+    from training.train import TrainConfig, fit, parse_augment
+
+    build_model(config)  # an input too small for the model fails here, before any epoch
+    train_config = TrainConfig(
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        target_accuracy=options.target_accuracy,
+        patience=options.patience,
+        augment=parse_augment(options.augment),
+        seed=options.seed,
+        checkpoint_dir=options.checkpoint_dir,
+        resume=options.resume,
+        progress=options.progress,
+    )
+    log(f"training a {config.arch}/{config.decoder} model for up to {options.epochs} epochs ...")
+    result = fit(config, charset, train, val, train_config)
+    log(f"best validation sequence accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch} "
+        f"({result.seconds:.0f}s, stopped: {result.stopped})")
+
+    rng = np.random.default_rng(options.seed)
+    representative = train.x[rng.choice(len(train), size=min(300, len(train)), replace=False)]
+    log(f"exporting ({options.quantization}) and verifying in LiteRT on {len(val)} validation samples ...")
+    exported = export(result.model, config, charset, val.x, val.labels, mode=options.quantization,
+                      representative=representative, tolerance=options.tolerance,
+                      keras_predictions=result.predictions)
+    log(f"{options.quantization}: {exported.size} bytes, LiteRT sequence accuracy {exported.scores.sequence_accuracy:.4f} "
+        f"(Keras {exported.keras_scores.sequence_accuracy:.4f}), {exported.invoke_us:.0f} us per invoke")
+
+    history = [r.to_dict() for r in result.history]
+    training_record = {
+        "accuracy": round(exported.scores.sequence_accuracy, 5),
+        "char_accuracy": round(exported.scores.char_accuracy, 5),
+        "keras_accuracy": round(exported.keras_scores.sequence_accuracy, 5),
+        "validation": "LiteRT file on the held-out validation set, serving decoder",
+        "samples": {"train": len(train), "validation": len(val)},
+        "data": options.generator if options.generator else str(options.data),
+        "date": entry.today(),
+        "quantization": options.quantization,
+        "model_bytes": exported.size,
+        "model": {"arch": config.arch, "filters": list(config.filters), "units": config.units,
+                  "batch_norm": config.batch_norm, "params": int(result.model.count_params())},
+        "epochs": len(history),
+        "best_epoch": result.best_epoch,
+        "stopped": result.stopped,
+        "seconds": round(result.seconds, 1),
+        "seed": options.seed,
+        "augment": options.augment,
+        "command": options.command or entry.reproduce_command(),
+    }
+    folder = entry.write_entry(
+        options.out,
+        site=options.site,
+        version=version,
+        content=exported.content,
+        width=shape.width,
+        height=shape.height,
+        channels=shape.channels,
+        charset=charset,
+        decoder=config.decoder,
+        min_length=min_length,
+        max_length=max_length,
+        preprocess=preprocess,
+        postprocess=list(options.postprocess or []),
+        description=options.description or f"{options.site}: trained with capserve train",
+        training=training_record,
+    )
+    entry.write_report(
+        folder,
+        site=options.site,
+        version=version,
+        history=history,
+        scores=exported.scores,
+        keras_scores=exported.keras_scores,
+        x_val=val.x,
+        val_labels=val.labels,
+        predictions=exported.predictions,
+        training=training_record,
+        extra={"invoke_us (LiteRT, this machine)": round(exported.invoke_us, 1)},
+    )
+    log(f"wrote {folder}")
+    print(json.dumps({"entry": str(folder), "accuracy": training_record["accuracy"], "bytes": exported.size}))
+    return folder

@@ -1,0 +1,319 @@
+"""The training loop: tf.data pipeline, augmentation, validation each epoch, early stop,
+checkpoints and resume.
+
+Validation decodes the Keras model's output with the *serving* decoders
+(``model_registry.decoders``), so the accuracy printed each epoch is the accuracy the
+registry entry will have (before quantization, which export measures separately).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from model_registry.decoders import DECODERS
+from training.datasets import Dataset
+from training.metrics import score
+from training.models import ModelConfig, build_model
+
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "none": {},
+    "light": {"shift": 0.03, "rotate": 3.0, "zoom": 0.04, "noise": 0.02, "contrast": 0.15},
+    "strong": {"shift": 0.06, "rotate": 6.0, "zoom": 0.08, "noise": 0.05, "contrast": 0.3},
+}
+AUGMENT_KEYS = ("shift", "rotate", "zoom", "noise", "contrast")
+
+
+def parse_augment(text: str) -> dict[str, float]:
+    """``light`` | ``strong`` | ``none`` | ``shift=0.05,rotate=4,...`` (a preset may lead: ``light,noise=0``)."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" not in part:
+            if part not in AUGMENT_PRESETS:
+                raise ValueError(f"unknown augmentation preset {part!r}; presets: {', '.join(AUGMENT_PRESETS)}")
+            out.update(AUGMENT_PRESETS[part])
+            continue
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in AUGMENT_KEYS:
+            raise ValueError(f"unknown augmentation {key!r}; known: {', '.join(AUGMENT_KEYS)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"augmentation {key} needs a number, got {value!r}") from None
+        if out[key] < 0:
+            raise ValueError(f"augmentation {key} must be >= 0")
+    return {k: v for k, v in out.items() if v > 0}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    target_accuracy: float | None = None  # stop once validation sequence accuracy reaches it
+    patience: int | None = None  # stop after this many epochs without a better accuracy
+    augment: dict[str, float] = dataclasses.field(default_factory=lambda: dict(AUGMENT_PRESETS["light"]))
+    seed: int = 0
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    progress: str = "auto"  # bar | epoch | none | auto (bar on a terminal, epoch lines otherwise)
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    sequence_accuracy: float
+    char_accuracy: float
+    learning_rate: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: Any  # keras.Model with the best validation weights
+    history: list[EpochRecord]
+    best_epoch: int
+    best_accuracy: float
+    seconds: float
+    stopped: str  # "target", "patience", "epochs"
+    predictions: list[str]  # validation predictions of the best model
+
+
+def encode_labels(labels: list[str], charset: str, decoder: str, length: int) -> np.ndarray:
+    """CTC: class ``charset.index(c) + 1`` padded with 0 (the blank); fixed: ``charset.index(c)``."""
+    index = {c: i for i, c in enumerate(charset)}
+    out = np.zeros((len(labels), length), np.int32)
+    offset = 1 if decoder == "ctc" else 0
+    for row, label in enumerate(labels):
+        out[row, : len(label)] = [index[c] + offset for c in label]
+    return out
+
+
+def decode_batch(probs: np.ndarray, charset: str, decoder: str) -> list[str]:
+    """The serving decoder over a batch of model outputs."""
+    decode = DECODERS[decoder]
+    return [decode(p, charset)[0] for p in probs]
+
+
+def predict(model, x: np.ndarray, charset: str, decoder: str, batch_size: int = 256) -> list[str]:
+    preds: list[str] = []
+    for start in range(0, len(x), batch_size):
+        probs = model(x[start : start + batch_size], training=False)
+        preds.extend(decode_batch(np.asarray(probs), charset, decoder))
+    return preds
+
+
+def _losses():
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable(package="capserve")
+    def ctc_loss(y_true, y_pred):
+        y_true = tf.cast(y_true, tf.int32)
+        label_length = tf.math.count_nonzero(y_true, axis=1, dtype=tf.int32)
+        batch = tf.shape(y_pred)[0]
+        logit_length = tf.fill([batch], tf.shape(y_pred)[1])
+        log_probs = tf.math.log(y_pred + 1e-7)
+        return tf.nn.ctc_loss(
+            labels=y_true,
+            logits=log_probs,
+            label_length=label_length,
+            logit_length=logit_length,
+            logits_time_major=False,
+            blank_index=0,
+        )
+
+    return {"ctc": ctc_loss, "fixed": keras.losses.SparseCategoricalCrossentropy()}
+
+
+def make_augment(spec: dict[str, float], height: int, width: int, seed: int) -> Callable | None:
+    """A batch function for tf.data: one random shift/rotation/zoom per image, noise, contrast."""
+    if not spec:
+        return None
+    import tensorflow as tf
+
+    shift, rotate, zoom = spec.get("shift", 0.0), spec.get("rotate", 0.0), spec.get("zoom", 0.0)
+    noise, contrast = spec.get("noise", 0.0), spec.get("contrast", 0.0)
+    generator = tf.random.Generator.from_seed(seed + 7919)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+
+    def augment(x, y):
+        n = tf.shape(x)[0]
+        if shift or rotate or zoom:
+            theta = generator.uniform([n], -rotate, rotate) * (math.pi / 180)
+            scale = 1 + generator.uniform([n], -zoom, zoom)
+            tx = generator.uniform([n], -shift, shift) * width
+            ty = generator.uniform([n], -shift, shift) * height
+            cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
+            a2 = cx - cos * cx + sin * cy - tx
+            b2 = cy - sin * cx - cos * cy - ty
+            zeros = tf.zeros_like(cos)
+            transforms = tf.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+            x = tf.raw_ops.ImageProjectiveTransformV3(
+                images=x,
+                transforms=transforms,
+                output_shape=tf.constant([height, width]),
+                fill_value=0.0,
+                interpolation="BILINEAR",
+                fill_mode="NEAREST",
+            )
+        if contrast:
+            factor = 1 + generator.uniform([n, 1, 1, 1], -contrast, contrast)
+            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            x = (x - mean) * factor + mean
+        if noise:
+            x = x + generator.normal(tf.shape(x)) * noise
+        return x, y
+
+    return augment
+
+
+def make_dataset(data: Dataset, y: np.ndarray, config: TrainConfig, height: int, width: int):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((data.x, y))
+    ds = ds.shuffle(len(data), seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(config.batch_size, drop_remainder=len(data) >= config.batch_size)
+    augment = make_augment(config.augment, height, width, config.seed)
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def fit(
+    model_config: ModelConfig,
+    charset: str,
+    train: Dataset,
+    val: Dataset,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
+    """Train a model for ``model_config`` and return the one with the best validation accuracy."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    decoder = model_config.decoder
+    length = model_config.length
+    y_train = encode_labels(train.labels, charset, decoder, length)
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    history: list[EpochRecord] = []
+    best_acc, best_epoch, initial_epoch = -1.0, 0, 0
+    losses = _losses()
+
+    model = None
+    if ckpt is not None and config.resume and (ckpt / "last.keras").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        if state.get("model_config") != model_config.to_dict() or state.get("charset") != charset:
+            raise ValueError(f"{ckpt}: the checkpoint was made for another model or charset; remove it or drop --resume")
+        model = keras.models.load_model(ckpt / "last.keras", custom_objects={"ctc_loss": losses["ctc"]})
+        history = [EpochRecord(**r) for r in state["history"]]
+        initial_epoch = state["epoch"]
+        best_acc, best_epoch = state["best_accuracy"], state["best_epoch"]
+        _log(f"resuming from {ckpt} after epoch {initial_epoch} (best {best_acc:.4f} at epoch {best_epoch})")
+    if model is None:
+        model = build_model(model_config)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate,
+            decay_steps=steps_per_epoch * config.epochs,
+            alpha=0.02,
+            warmup_target=None,
+        )
+        model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=losses[decoder])
+
+    best_weights = model.get_weights() if best_epoch else None
+    if ckpt is not None and best_epoch and (ckpt / "best.weights.h5").is_file():
+        holder = build_model(model_config)
+        holder.load_weights(ckpt / "best.weights.h5")
+        best_weights = holder.get_weights()
+    stop_reason = "epochs"
+    if config.target_accuracy is not None and best_acc >= config.target_accuracy:
+        stop_reason = "target"
+    dataset = make_dataset(train, y_train, config, model_config.height, model_config.width)
+    progress = config.progress
+    if progress == "auto":
+        progress = "bar" if sys.stderr.isatty() else "epoch"
+    verbose = {"bar": 1, "epoch": 2, "none": 0}[progress]
+    started = time.perf_counter()
+    epoch = initial_epoch
+    while epoch < config.epochs and stop_reason == "epochs":
+        t0 = time.perf_counter()
+        result = model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose)
+        preds = predict(model, val.x, charset, decoder)
+        scores = score(val.labels, preds)
+        lr = model.optimizer.learning_rate
+        lr = float(lr.numpy() if hasattr(lr, "numpy") else lr)
+        epoch += 1
+        record = EpochRecord(
+            epoch=epoch,
+            loss=float(result.history["loss"][-1]),
+            sequence_accuracy=scores.sequence_accuracy,
+            char_accuracy=scores.char_accuracy,
+            learning_rate=lr,
+            seconds=time.perf_counter() - t0,
+        )
+        history.append(record)
+        improved = record.sequence_accuracy > best_acc
+        if improved:
+            best_acc, best_epoch, best_weights = record.sequence_accuracy, epoch, model.get_weights()
+        if verbose:
+            _log(
+                f"epoch {epoch}/{config.epochs}: loss {record.loss:.4f}  val sequence {record.sequence_accuracy:.4f}"
+                f"  char {record.char_accuracy:.4f}  lr {lr:.2e}  {record.seconds:.0f}s" + ("  *best*" if improved else "")
+            )
+        if on_epoch is not None:
+            on_epoch(record)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, model_config, charset, epoch, history, best_acc, best_epoch, improved)
+        if config.target_accuracy is not None and best_acc >= config.target_accuracy:
+            stop_reason = "target"
+        elif config.patience is not None and epoch - best_epoch >= config.patience:
+            stop_reason = "patience"
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        best_accuracy=best_acc,
+        seconds=time.perf_counter() - started,
+        stopped=stop_reason,
+        predictions=predict(model, val.x, charset, decoder),
+    )
+
+
+def _save_checkpoint(ckpt: Path, model, model_config, charset, epoch, history, best_acc, best_epoch, improved) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    model.save(ckpt / "last.keras.tmp.keras")
+    os.replace(ckpt / "last.keras.tmp.keras", ckpt / "last.keras")
+    if improved:
+        model.save_weights(ckpt / "best.weights.h5")
+    state = {
+        "epoch": epoch,
+        "best_accuracy": best_acc,
+        "best_epoch": best_epoch,
+        "charset": charset,
+        "model_config": model_config.to_dict(),
+        "history": [r.to_dict() for r in history],
+    }
+    tmp = ckpt / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, ckpt / "state.json")
