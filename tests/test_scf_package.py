@@ -198,6 +198,63 @@ def test_isolated_process_reads_the_captchas(event_package, target, tmp_path):
         assert correct >= len(labels) - 1, list(zip(labels, [a["text"] for a in answers]))
 
 
+RUNTIME_RUNNER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+x = np.asarray(json.loads(sys.argv[2]), np.float32)
+out = {}
+for path in sys.argv[3:]:
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out[path] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).tolist()
+print(json.dumps(out))
+"""
+
+
+@SLOW
+def test_packaged_litert_runs_every_training_architecture(event_package, tmp_path):
+    """The package's LiteRT (the newest with glibc-2.17 wheels, older than the dev one) runs
+    what training exports, and gives the dev runtime's outputs."""
+    import numpy as np
+
+    try:
+        from training.export import convert
+        from training.models import ARCHS, ModelConfig, build_model
+    except ImportError as exc:
+        pytest.skip(f"training is not importable here: {exc}")
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, _ = event_package
+    folder = tmp_path / "unzipped"
+    with zipfile.ZipFile(out) as archive:
+        archive.extractall(folder)
+    x = np.random.default_rng(0).random((1, 50, 100, 1), dtype=np.float32)
+    files, expected = [], {}
+    for arch in ARCHS:
+        config = ModelConfig(arch=arch, charset_size=len(DEMO_CHARSET))
+        path = tmp_path / f"{arch}.tflite"
+        path.write_bytes(convert(build_model(config), config, "dynamic"))
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        expected[str(path)] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        files.append(str(path))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    done = subprocess.run([BASE_PYTHON, "-I", "-S", "-c", RUNTIME_RUNNER, str(folder), json.dumps(x.tolist()), *files],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for path, probs in expected.items():
+        packaged = np.asarray(got[path])
+        assert packaged.shape == probs.shape
+        assert np.abs(packaged - probs).max() < 1e-4 and (packaged.argmax(-1) == probs.argmax(-1)).all()
+
+
 # -- the web-function package -------------------------------------------------------------------
 
 
