@@ -3,16 +3,20 @@
 What is measured: the compiled chain (``plugins.chain.compile_preprocess``) run on an already
 decoded 100x50 captcha, in-process, one thread; each chain's total is the chain's own
 ``Preprocessor.tensor`` call (the loop over bound functions plus the final shape check and
-float32 cast), and each step is timed on its own, on the output of the steps before it.
-Decoding the PNG/GIF bytes (``plugins.images.decode_image``) is shown on its own line, as it
-is the same for every chain. Times are the best of 5 repeats of ``-n`` calls, divided by
-``-n`` (the mean per call in the quietest repeat, as ``timeit`` reports).
+float32 cast). Each step is also timed on its own, called repeatedly on the output of the
+steps before it; the table shows the sum of these next to the chain's total. The total is
+usually higher than the sum: in a real run every step allocates and fills fresh arrays, while
+a step called on the same input again and again finds its memory in cache. Decoding the PNG/GIF bytes (``plugins.images.decode_image``) is shown on its own line, as it
+is the same for every chain. Times are the best of ``--repeat`` repeats of ``-n`` calls,
+divided by ``-n`` (the mean per call in the quietest repeat, as ``timeit`` reports), in CPU
+time of the benchmarking thread (``time.thread_time``), so that other processes on a shared
+machine do not inflate them; ``--wall`` uses wall-clock time (``time.perf_counter``) instead.
 
 With ``--registry DIR --site NAME`` (or when the bundled registry has a ``demo`` site) the
 table also shows that model's interpreter time (``Runtime.run``) on the same tensor, to set
 the chain's cost next to the interpreter's own.
 
-    python benchmarks/chain_cost.py [-n 2000] [--input 128x64x1] [--registry DIR --site NAME]
+    python benchmarks/chain_cost.py [-n 300] [--repeat 20] [--wall] [--input 128x64x1] [--registry DIR --site NAME]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import io
 import os
 import platform
 import sys
+import time
 import timeit
 from pathlib import Path
 
@@ -100,9 +105,24 @@ POSTPROCESS = [
 ]
 
 
+REPEAT = 20
+
+
+TIMER = time.thread_time
+
+
 def per_call_us(func, number: int) -> float:
     func()  # warm up
-    return min(timeit.repeat(func, number=number, repeat=5)) / number * 1e6
+    return min(timeit.repeat(func, number=number, repeat=REPEAT, timer=TIMER)) / number * 1e6
+
+
+def per_step_us(calls, image, number: int) -> list[float]:
+    """Each step on its own, called repeatedly on the output of the steps before it."""
+    costs, value = [], image
+    for call in calls:
+        costs.append(per_call_us(functools.partial(call, value), number))
+        value = call(value)
+    return costs
 
 
 def interpreter(args, shape: InputShape):
@@ -126,7 +146,9 @@ def interpreter(args, shape: InputShape):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-n", type=int, default=2000, help="calls per repeat")
+    parser.add_argument("-n", type=int, default=300, help="calls per repeat")
+    parser.add_argument("--repeat", type=int, default=20, help="repeats; the quietest counts")
+    parser.add_argument("--wall", action="store_true", help="wall-clock time instead of thread CPU time")
     parser.add_argument("--input", default="128x64x1", help="model input WxHxC the chains resize to")
     parser.add_argument("--registry", help="a registry folder, for the interpreter line")
     parser.add_argument("--site", help="the site whose interpreter to time")
@@ -134,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     width, height, channels = (int(v) for v in args.input.split("x"))
     shape = InputShape(width, height, channels)
     n = args.n
+    global REPEAT, TIMER
+    REPEAT = args.repeat
+    TIMER = time.perf_counter if args.wall else time.thread_time
 
     print(f"# chain cost per {SIZE[0]}x{SIZE[1]} image -> {width}x{height}x{channels} float32")
     print(
         f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"numpy {np.__version__}, Pillow {PIL.__version__}; best of 5 x {n} calls"
+        f"numpy {np.__version__}, Pillow {PIL.__version__}; best of {REPEAT} x {n} calls, "
+        f"{'wall-clock' if args.wall else 'thread CPU'} time"
     )
     data = samples()
     print()
@@ -151,19 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name + (' (3 frames)' if frames else ''):<26}{cost:>10.1f}")
 
     print()
-    print(f"{'preprocess chain / step':<28}{'us/image':>10}")
+    print(f"{'preprocess chain / step':<28}{'chain us':>10}{'steps us':>10}")
     totals = {}
     for name, sample, chain in CHAINS:
         pre = compile_preprocess(chain, shape)
         image = decoded[sample]
         total = per_call_us(functools.partial(pre.tensor, image), n)
         totals[name] = total
-        print(f"{name + ' [' + sample + ']':<28}{total:>10.1f}")
-        value = image
-        for step_name, call in zip(pre.names, pre.calls):
-            cost = per_call_us(functools.partial(call, value), n)
-            value = call(value)
-            print(f"  {step_name:<26}{cost:>10.1f}")
+        steps = per_step_us(pre.calls, image, n)
+        print(f"{name + ' [' + sample + ']':<28}{total:>10.1f}{sum(steps):>10.1f}")
+        for step_name, cost in zip(pre.names, steps):
+            print(f"  {step_name:<26}{'':>10}{cost:>10.1f}")
 
     print()
     print(f"{'postprocess chain':<28}{'us/text':>10}")

@@ -8,6 +8,7 @@ decoded), so they belong before ``normalize`` in a chain.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from plugins.hookspecs import hookimpl
 from plugins.steps import Param, Step
@@ -67,16 +68,17 @@ def color_distance_mask(image: np.ndarray, colors: tuple[tuple[int, int, int], .
     return mask
 
 
+def _fill(colour: tuple[int, int, int], channels: int) -> np.ndarray:
+    """``colour`` as one pixel of an image with ``channels`` channels (gray: its luma; opaque)."""
+    if channels == 1:
+        return np.asarray([round(0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2])], dtype=np.uint8)
+    return np.asarray(tuple(colour) + ((255,) if channels == 4 else ()), dtype=np.uint8)
+
+
 def _paint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     """A copy of ``image`` with the pixels in ``where`` set to ``colour`` (opaque if RGBA)."""
     out = image.copy()
-    channels = image.shape[-1]
-    if channels == 1:
-        value = np.uint8(round(0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]))
-        out[where] = value
-    else:
-        fill = np.asarray(tuple(colour) + ((255,) if channels == 4 else ()), dtype=np.uint8)
-        out[where] = fill
+    out[where] = _fill(colour, image.shape[-1])
     return out
 
 
@@ -95,10 +97,12 @@ def keep_colors(
     """
     require_uint8(image, "keep_colors")
     near = color_distance_mask(image, colors, tolerance)
-    out = _paint(image, ~near, background)
-    if foreground is not None:
-        out = _paint(out, near, foreground)
-    return out
+    if foreground is None:
+        return _paint(image, ~near, background)
+    # binarized: every pixel is one of two colours, picked per pixel in one pass
+    channels = image.shape[-1]
+    two = np.asarray([_fill(background, channels), _fill(foreground, channels)], dtype=np.uint8)
+    return two[near.view(np.uint8)]
 
 
 def drop_colors(
@@ -128,20 +132,18 @@ def flatten_alpha(image: np.ndarray, *, background: tuple[int, int, int] = (255,
 
 
 def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
-    """``(..., 4)`` uint8 over an opaque ``background`` -> ``(..., 3)`` uint8, rounded to nearest.
+    """``(..., H, W, 4)`` uint8 over an opaque ``background`` -> ``(..., H, W, 3)`` uint8.
 
-    ``bg + (rgb - bg) * alpha / 255`` in float32: the exact value is never within 1/510 of a
-    rounding tie (255 is odd), far above float32's error here, so this equals the integer
-    ``round((rgb * a + bg * (255 - a)) / 255)``.
+    PIL's ``paste`` with the image as its own mask, one frame at a time (C code; several times
+    faster than numpy on interleaved channels). The tests check that it equals the exact
+    ``round((rgb * a + bg * (255 - a)) / 255)`` for every colour value and alpha.
     """
-    alpha = rgba[..., 3:].astype(np.float32)
-    alpha *= np.float32(1 / 255)
-    bg = np.asarray(background, dtype=np.float32)
-    out = rgba[..., :3].astype(np.float32)
-    out -= bg
-    out *= alpha
-    out += bg + np.float32(0.5)
-    return out.astype(np.uint8)
+    if rgba.ndim == 4:
+        return np.stack([composite(frame, background) for frame in rgba])
+    layer = Image.fromarray(np.ascontiguousarray(rgba))
+    base = Image.new("RGB", layer.size, tuple(background))
+    base.paste(layer, mask=layer)
+    return np.asarray(base)
 
 
 _COLOR_PARAMS = (
