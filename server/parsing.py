@@ -20,8 +20,7 @@ from starlette.requests import Request
 from model_registry.errors import BadBase64, BadRequest, BadJSON, MissingImage, PayloadTooLarge, UnsupportedMediaType
 
 IMAGE_FIELDS = ("base64Image", "image")
-_DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
+_DATA_URI = re.compile(r"data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
 def decode_base64(value: str | bytes, max_bytes: int) -> bytes:
@@ -32,8 +31,14 @@ def decode_base64(value: str | bytes, max_bytes: int) -> bytes:
         except UnicodeDecodeError:
             raise BadBase64("the image is not valid base64 (non-ASCII characters)") from None
     # An unescaped "+" in a query string arrives as a space: base64 has no spaces of its own.
-    value = _WHITESPACE.sub("", value.replace(" ", "+"))
-    value = _DATA_URI.sub("", value, count=1)
+    # str.split() and re's \s agree on what whitespace is (str.isspace); splitting is a single
+    # C pass, where a regex substitution over a 10 kB image costs ~0.2 ms even with nothing
+    # to replace. The data URI prefix is matched at the start only, never searched for.
+    value = "".join(value.replace(" ", "+").split())
+    if value[:5].lower() == "data:":
+        prefix = _DATA_URI.match(value)
+        if prefix is not None:
+            value = value[prefix.end():]
     if not value:
         raise MissingImage("the image field is empty")
     if len(value) * 3 // 4 > max_bytes:
