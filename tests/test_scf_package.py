@@ -7,8 +7,8 @@ PyPI into ``~/.cache/capserve/wheels`` or ``$CAPSERVE_WHEELHOUSE``, reused offli
 and compiles bytecode. They are skipped when the wheels can be neither found nor downloaded,
 and with ``CAPSERVE_SKIP_SLOW=1``.
 
-The site packaged is the bundled ``demo`` entry when it exists (then the answers must be the
-true captcha texts), else a tiny untrained entry (then the answers must equal the in-process
+The site packaged is the bundled ``demo`` entry when it exists, or the ``demo`` site of
+``$CAPSERVE_DEMO_REGISTRY`` (then the answers must be the true captcha texts), else a tiny untrained entry (then the answers must equal the in-process
 app's answers, which are deterministic).
 """
 
@@ -64,9 +64,16 @@ print(json.dumps({"answers": answers, "sys_path": sys.path, "modules": modules,
 '''
 
 
-def demo_entry() -> Path | None:
-    found = sorted((REPO / "model_registry" / "bundled" / "demo").glob("*/model.yaml"))
-    return found[-1].parent if found else None
+def demo_registry() -> tuple[Path, list[str]] | None:
+    """The registry folder holding a trained ``demo`` entry, and the builder's registry args.
+
+    ``$CAPSERVE_DEMO_REGISTRY`` points at another registry folder with a ``demo`` site (to try
+    a candidate model); by default the bundled entry is used when it exists."""
+    override = os.environ.get("CAPSERVE_DEMO_REGISTRY")
+    if override:
+        return Path(override), ["--registry", override]
+    bundled = REPO / "model_registry" / "bundled"
+    return (bundled, []) if list((bundled / "demo").glob("*/model.yaml")) else None
 
 
 def demo_captchas(count: int = 5, seed: int = 1234) -> list[tuple[str, bytes]]:
@@ -84,9 +91,10 @@ def demo_captchas(count: int = 5, seed: int = 1234) -> list[tuple[str, bytes]]:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory, tiny_model_bytes):
     """(site, registry args, [(label or None, image bytes)]) to package and read."""
-    if demo_entry() is not None:
+    demo = demo_registry()
+    if demo is not None:
         images = [("7kp3", DEMO_EXAMPLE.read_bytes())] + demo_captchas()
-        return "demo", [], images
+        return "demo", demo[1], images
     root = tmp_path_factory.mktemp("registry")
     model_factory.write_entry(root / "tiny" / "1", tiny_model_bytes)
     return "tiny", ["--registry", str(root)], [(None, png_bytes(t)) for t in ("1234", "98", "5")]
