@@ -88,7 +88,7 @@ def kind_of(event: Any) -> str:
         return TIMER
     if "site" in event and ("image" in event or "base64Image" in event):
         return DIRECT
-    raise BadEvent("the event is not an API Gateway, function URL or timer event")
+    raise BadEvent("the event is not an API Gateway, function URL, timer or {\"site\", \"image\"} event")
 
 
 def to_request(event: dict, kind: str | None = None) -> HttpRequest:
