@@ -12,11 +12,14 @@ divided by ``-n`` (the mean per call in the quietest repeat, as ``timeit`` repor
 time of the benchmarking thread (``time.thread_time``), so that other processes on a shared
 machine do not inflate them; ``--wall`` uses wall-clock time (``time.perf_counter``) instead.
 
-With ``--registry DIR --site NAME`` (or when the bundled registry has a ``demo`` site) the
-table also shows that model's interpreter time (``Runtime.run``) on the same tensor, to set
-the chain's cost next to the interpreter's own.
+To set the chains' cost next to the interpreter's own, the table also shows the time of one
+``Runtime.run`` (LiteRT, one thread) on an input of the model's size: of a registry entry
+(``--registry DIR --site NAME``, or the bundled ``demo`` site when there is one), of any
+``--tflite FILE``, or of the project's own model architecture built untrained at the
+``--input`` size (``--build-model cnn|crnn``; needs TensorFlow).
 
-    python benchmarks/chain_cost.py [-n 300] [--repeat 20] [--wall] [--input 128x64x1] [--registry DIR --site NAME]
+    python benchmarks/chain_cost.py [-n 300] [--repeat 20] [--wall] [--input 128x64x1]
+        [--registry DIR --site NAME | --tflite FILE | --build-model cnn|crnn]
 """
 
 from __future__ import annotations
@@ -125,10 +128,33 @@ def per_step_us(calls, image, number: int) -> list[float]:
     return costs
 
 
-def interpreter(args, shape: InputShape):
-    """``(label, run)`` for a registry model, or None."""
-    from model_registry.registry import BUNDLED, Registry
+def build_model(arch: str, shape: InputShape) -> bytes:
+    """A ``.tflite`` file of the project's ``arch`` model (training/models.py) with untrained
+    weights, dynamic-range quantized as training exports by default: the interpreter's time
+    does not depend on the weights' values. Needs TensorFlow (the ``train`` extra)."""
+    from training.export import convert
+    from training.models import ModelConfig, build_model as build
 
+    config = ModelConfig(arch=arch, height=shape.height, width=shape.width, channels=shape.channels, charset_size=30)
+    return convert(build(config), config, "dynamic")
+
+
+def interpreter(args, shape: InputShape):
+    """``(label, run)`` for the model to time next to the chains, or None."""
+    from model_registry.registry import BUNDLED, Registry
+    from model_registry.runtime import Runtime
+
+    content, label = None, None
+    if args.tflite:
+        content, label = Path(args.tflite).read_bytes(), f"interpreter ({Path(args.tflite).name})"
+    elif args.build_model:
+        content = build_model(args.build_model, shape)
+        label = f"interpreter ({args.build_model}, untrained)"
+    if content is not None:
+        runtime = Runtime(content, num_threads=1)
+        tensor = np.zeros(runtime.input_shape[1:], np.float32)
+        h, w, c = tensor.shape
+        return f"{label[:-1]}, {w}x{h}x{c}, {len(content) // 1024} KB)", functools.partial(runtime.run, tensor)
     roots = [Path(args.registry)] if args.registry else [BUNDLED]
     if not any(root.exists() and any(root.iterdir()) for root in roots):
         return None
@@ -141,7 +167,7 @@ def interpreter(args, shape: InputShape):
     spec = model.spec
     tensor = np.zeros((spec.height, spec.width, spec.channels), np.float32)
     label = f"interpreter ({site} v{spec.version}, {spec.width}x{spec.height}x{spec.channels})"
-    return label, functools.partial(model.runtime.run, tensor), model
+    return label, functools.partial(model.runtime.run, tensor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", default="128x64x1", help="model input WxHxC the chains resize to")
     parser.add_argument("--registry", help="a registry folder, for the interpreter line")
     parser.add_argument("--site", help="the site whose interpreter to time")
+    parser.add_argument("--tflite", help="a .tflite file whose interpreter to time")
+    parser.add_argument("--build-model", choices=("cnn", "crnn"), help="time the project's model of this "
+                        "architecture at --input size, untrained (needs TensorFlow)")
     args = parser.parse_args(argv)
     width, height, channels = (int(v) for v in args.input.split("x"))
     shape = InputShape(width, height, channels)
@@ -199,12 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     found = interpreter(args, shape)
     print()
     if found is None:
-        print("interpreter: no registry model found (pass --registry DIR --site NAME)")
+        print("interpreter: no model (pass --registry DIR --site NAME, --tflite FILE or --build-model cnn)")
     else:
-        label, run, model = found
-        cost = per_call_us(run, max(n // 10, 50))
-        print(f"{label:<28}{cost:>10.1f}")
-        model.runtime.close() if hasattr(model.runtime, "close") else None
+        label, run = found
+        cost = per_call_us(run, max(n // 10, 20))
+        print(f"{label:<44}{cost:>10.1f} us/image (1 thread)")
 
     slowest = max(totals, key=totals.get)
     under = [name for name, cost in totals.items() if cost < 200]
