@@ -72,7 +72,7 @@ def _conv_block(keras, x, filters: int, pool: tuple[int, int], name: str, batch_
         filters, 3, strides=strides, padding="same", use_bias=not batch_norm, name=f"{name}_conv"
     )(x)
     if batch_norm:
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
     if pool != (1, 1):
         x = keras.layers.MaxPooling2D(pool, name=f"{name}_pool")(x)

@@ -108,11 +108,10 @@ def decode_batch(probs: np.ndarray, charset: str, decoder: str) -> list[str]:
 
 
 def predict(model, x: np.ndarray, charset: str, decoder: str, batch_size: int = 256) -> list[str]:
-    preds: list[str] = []
-    for start in range(0, len(x), batch_size):
-        probs = model(x[start : start + batch_size], training=False)
-        preds.extend(decode_batch(np.asarray(probs), charset, decoder))
-    return preds
+    if not len(x):
+        return []
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    return decode_batch(np.asarray(probs), charset, decoder)
 
 
 def _losses():
@@ -256,7 +255,7 @@ def fit(
     epoch = initial_epoch
     while epoch < config.epochs and stop_reason == "epochs":
         t0 = time.perf_counter()
-        result = model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose)
+        result = model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, shuffle=False)
         preds = predict(model, val.x, charset, decoder)
         scores = score(val.labels, preds)
         lr = model.optimizer.learning_rate
