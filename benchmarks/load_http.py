@@ -58,10 +58,10 @@ __ITEMS__
 
 init = function(args)
   for i, item in ipairs(items) do
-    if item[1] == "GET" then
-      requests[i] = wrk.format("GET", item[2])
+    if item[3] == nil then
+      requests[i] = wrk.format(item[1], item[2])
     else
-      requests[i] = wrk.format("POST", item[2], {["Content-Type"] = "application/json"}, item[3])
+      requests[i] = wrk.format(item[1], item[2], {["Content-Type"] = "application/json"}, item[3])
     end
   end
   counter = math.random(#requests)
@@ -91,22 +91,38 @@ def lua_string(s: str) -> str:
     return "[==[" + s + "]==]"
 
 
-def write_script(path: Path, method: str, samples: list[tuple[str, bytes]], out: Path) -> None:
+def request_items(method: str, samples: list[tuple[str, bytes]], site: str = SITE) -> list[tuple[str, str, str | None]]:
+    """(method, path, body) of a recognition request for each sample."""
     items = []
     for _, data in samples:
         encoded = b64(data)
         if method == "GET":
-            items.append(f'{{"GET", {lua_string(f"/recognize/{SITE}?base64Image=" + urllib.parse.quote(encoded, safe=""))}}}')
+            items.append(("GET", f"/recognize/{site}?base64Image=" + urllib.parse.quote(encoded, safe=""), None))
         else:
-            items.append(f'{{"POST", {lua_string(f"/recognize/{SITE}")}, {lua_string(json.dumps({"image": encoded}))}}}')
-    path.write_text(LUA.replace("__ITEMS__", ",\n".join(items)).replace("__OUT__", str(out)))
+            items.append(("POST", f"/recognize/{site}", json.dumps({"image": encoded})))
+    return items
+
+
+def write_lua(path: Path, items: list[tuple[str, str, str | None]], out: Path) -> None:
+    """A wrk script that cycles through ``items`` and writes its summary to ``out`` as JSON."""
+    rows = []
+    for method, target, body in items:
+        if body is None:
+            rows.append(f'{{"GET", {lua_string(target)}}}')
+        else:
+            rows.append(f'{{"{method}", {lua_string(target)}, {lua_string(body)}}}')
+    path.write_text(LUA.replace("__ITEMS__", ",\n".join(rows)).replace("__OUT__", str(out)))
+
+
+def write_script(path: Path, method: str, samples: list[tuple[str, bytes]], out: Path) -> None:
+    write_lua(path, request_items(method, samples), out)
 
 
 def run_wrk(base: str, script: Path, out: Path, connections: int, duration: float, timeout: float = 10.0) -> dict:
     """One wrk run; returns its summary (latencies in ms, requests/s)."""
     threads = min(2, connections)
     out.unlink(missing_ok=True)
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", f"--timeout={timeout:g}s",
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout:g}s",
             "-s", str(script), base]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     if res.returncode != 0 or not out.exists():
