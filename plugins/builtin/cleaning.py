@@ -63,7 +63,6 @@ def threshold(image: np.ndarray, *, method: str = "fixed", value: int = 128, inv
     return table[gray][..., None]
 
 
-
 # A median-of-9 sorting network (N. Devillard, "Fast median search", after Paeth): after
 # these 19 compare-exchanges the fifth of nine values is their median.
 _MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),

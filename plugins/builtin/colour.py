@@ -1,6 +1,6 @@
 """Colour steps: grayscale, scaling to [0, 1], invert, keep or drop colours, flatten transparency.
 
-Every step here is a handful of whole-array numpy operations. The colour-matching steps
+Every step here is a handful of whole-array numpy or PIL operations. The colour-matching steps
 (``keep_colors``, ``drop_colors``, ``flatten_alpha``) work on uint8 images (values 0-255, as
 decoded), so they belong before ``normalize`` in a chain.
 """
@@ -136,7 +136,8 @@ def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
 
     PIL's ``paste`` with the image as its own mask, one frame at a time (C code; several times
     faster than numpy on interleaved channels). The tests check that it equals the exact
-    ``round((rgb * a + bg * (255 - a)) / 255)`` for every colour value and alpha.
+    ``round((rgb * a + bg * (255 - a)) / 255)`` for every colour value and alpha, on eight
+    background colours.
     """
     if rgba.ndim == 4:
         return np.stack([composite(frame, background) for frame in rgba])
