@@ -37,10 +37,37 @@ class DatasetError(ValueError):
     """A dataset that cannot be trained on, and why (raised before training starts)."""
 
 
-def default_preprocess(channels: int) -> list[Any]:
-    """The chain a new entry gets unless one is given: gray or colour, stretch, 0..1."""
-    head: list[Any] = ["grayscale"] if channels == 1 else []
-    return head + [{"resize": {"mode": "stretch"}}, "normalize"]
+def default_preprocess(channels: int, *, alpha: bool = False, animated: bool = False) -> list[Any]:
+    """The chain a new entry gets unless one is given: gray or colour, stretch, 0..1.
+
+    With ``animated`` data the chain starts with ``frames_min`` (each pixel's darkest value
+    over the frames: dark text that blinks or appears in parts is whole); with transparent
+    data with ``flatten_alpha`` (onto white), since transparent pixels often hide black RGB.
+    """
+    chain: list[Any] = []
+    if animated:
+        chain.append("frames_min")
+    elif alpha and channels != 4:
+        chain.append("flatten_alpha")
+    if channels == 1:
+        chain.append("grayscale")
+    return chain + [{"resize": {"mode": "stretch"}}, "normalize"]
+
+
+def image_traits(paths: Sequence[Path], *, limit: int = 500) -> tuple[bool, bool]:
+    """``(has transparency, is animated)`` over (a sample of) the images, from headers only."""
+    from PIL import Image
+
+    alpha = animated = False
+    step = max(1, len(paths) // limit)
+    for path in list(paths)[::step]:
+        try:
+            with Image.open(path) as image:
+                animated |= getattr(image, "n_frames", 1) > 1
+                alpha |= image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        except Exception:
+            continue  # load_folder reports unreadable files, all together
+    return alpha, animated
 
 
 @dataclasses.dataclass

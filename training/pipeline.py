@@ -85,6 +85,21 @@ def _source_size(options: TrainOptions) -> tuple[int, int] | None:
     return array.shape[1], array.shape[0]
 
 
+def _traits(options: TrainOptions) -> tuple[bool, bool]:
+    """Whether the data has transparency or animation, to pick the default chain."""
+    if options.generator:
+        import random
+
+        generator, params = datasets.parse_generator_spec(options.generator)
+        image, _ = generator.func(random.Random(0), **params)
+        mode = image.mode
+        return mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info), False
+    paths = [p for p, _ in datasets.scan_folder(options.data, case=options.case)]
+    if options.val_data is not None:
+        paths += [p for p, _ in datasets.scan_folder(options.val_data, case=options.case)]
+    return datasets.image_traits(paths)
+
+
 def prepare(options: TrainOptions) -> tuple[Dataset, Dataset, str, InputShape, list[Any]]:
     """Load or generate the data and check it; everything that can fail before training does."""
     if (options.data is None) == (options.generator is None):
@@ -98,7 +113,12 @@ def prepare(options: TrainOptions) -> tuple[Dataset, Dataset, str, InputShape, l
             raise DatasetError("give --width and --height (the generator does not say its image size)")
         width, height = width or size[0], height or size[1]
     shape = InputShape(width, height, options.channels)
-    preprocess = options.preprocess if options.preprocess is not None else datasets.default_preprocess(options.channels)
+    preprocess = options.preprocess
+    if preprocess is None:
+        alpha, animated = _traits(options)
+        preprocess = datasets.default_preprocess(options.channels, alpha=alpha, animated=animated)
+        log(f"preprocess chain: {preprocess}" + (" (animated images found)" if animated else "")
+            + (" (transparent images found)" if alpha and not animated else ""))
     try:
         compile_preprocess(preprocess, shape)
     except ChainError as exc:
