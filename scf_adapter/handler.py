@@ -25,15 +25,14 @@ import os
 import time
 from typing import Any
 
-from model_registry.registry import Registry
 from scf_adapter import adapter
-from server.app import create_app
+from server.app import create_app, registry_from_settings
 from server.settings import Settings
 
 log = logging.getLogger("capserve.scf")
 
 settings = Settings()
-registry = Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
+registry = registry_from_settings(settings)
 registry.refresh()
 app = create_app(registry, settings, watch=False)
 

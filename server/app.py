@@ -39,7 +39,7 @@ def create_app(
     settings = settings or Settings()
     access = access if access is not None else Access.from_env()
     if registry is None:
-        registry = Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
+        registry = registry_from_settings(settings)
     metrics = Metrics(registry)
 
     async def recognize(request: Request) -> Response:
@@ -145,6 +145,11 @@ def create_app(
     app.state.registry = registry
     app.state.settings = settings
     return app
+
+
+def registry_from_settings(settings: Settings) -> Registry:
+    """The registry ``settings`` describe (folders, image limits, lazy loading), not yet loaded."""
+    return Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
 
 
 def _all_sites(registry: Registry) -> list[str]:
