@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import os
 import socket
 import subprocess
@@ -25,32 +26,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(registry_dir: Path):
+@contextlib.contextmanager
+def start_server(registry: Path | None, *extra: str):
+    """A ``capserve serve`` process on a free loopback port, ready; yields its base URL.
+
+    ``registry`` None serves the default registry (the bundled entries)."""
     port = free_port()
     env = {**os.environ, "CAPSERVE_WATCH_INTERVAL": "0.1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port),
-         "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    env.pop("CAPSERVE_REGISTRY", None)
+    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning", *extra]
+    if registry is not None:
+        argv += ["--registry", str(registry)]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read().decode()}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("server did not become ready")
+        yield base
+    finally:
+        proc.terminate()
         try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read().decode()}")
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture()
+def server(registry_dir: Path):
+    with start_server(registry_dir) as base:
+        yield base
 
 
 def test_32_concurrent_requests_are_all_answered_correctly(server, registry_dir):
