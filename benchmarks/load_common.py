@@ -146,6 +146,19 @@ def rss_mb(pid: int, *, tree: bool = True) -> float:
     return total / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by a process and its descendants (all threads)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / hz
+
+
 def worker_rss_mb(pid: int) -> list[float]:
     """RSS of each uvicorn worker (the children of the supervisor), or of the process itself."""
     children = [p for p in process_tree(pid) if p != pid]
@@ -278,14 +291,32 @@ def _version(module: str) -> str:
     return "not installed"
 
 
-def busy_processes(threshold: float = 20.0) -> list[str]:
-    """Other processes using more than ``threshold`` % CPU now (one `ps` sample)."""
-    res = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
+def busy_processes(threshold: float = 20.0, window: float = 1.0) -> list[str]:
+    """Other processes that used more than ``threshold`` % of one core over the last ``window`` s."""
+
+    def cpu_ticks() -> dict[int, int]:
+        out = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                out[int(stat.parent.name)] = int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
+    before = cpu_ticks()
+    time.sleep(window)
+    after = cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
     rows = []
-    for line in res.stdout.splitlines()[1:]:
-        parts = line.split(None, 3)
-        if len(parts) == 4 and float(parts[1]) >= threshold and int(parts[0]) != os.getpid():
-            rows.append(f"pid {parts[0]} {parts[1]}% {parts[3][:100]}")
+    for pid, ticks in after.items():
+        share = 100 * (ticks - before.get(pid, ticks)) / hz / window
+        if share >= threshold and pid != os.getpid():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = "?"
+            rows.append(f"pid {pid} {share:.0f}% {cmd[:120]}")
     return rows
 
 

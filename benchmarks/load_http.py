@@ -34,7 +34,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load_common import (  # noqa: E402
-    WORK, Server, b64, capserve_argv, entry_spec, free_port, make_registry, model_entry, peer_argv, rss_mb,
+    WORK, Server, b64, capserve_argv, cpu_seconds, entry_spec, free_port, make_registry, model_entry, peer_argv, rss_mb,
     sample_images, uvicorn_argv, worker_rss_mb,
 )
 
@@ -191,11 +191,14 @@ def bench_server(name: str, *, registry: Path, entry: Path, samples, connections
             write_script(script, method, samples, out)
             run_wrk(server.base, script, out, max(connections), warmup)  # warm every worker
             for c in connections:
+                cpu = cpu_seconds(server.proc.pid)
                 run = run_wrk(server.base, script, out, c, duration)
+                run["server_cpu_ms_per_request"] = (cpu_seconds(server.proc.pid) - cpu) * 1e3 / max(1, run["requests"])
                 run["method"] = method
                 result["runs"].append(run)
                 print(f"  {name:9s} {method:4s} c={c:<3d} {run['rps']:8.1f} req/s  p50 {run['p50_ms']:7.2f}  "
-                      f"p99 {run['p99_ms']:7.2f}  p99.9 {run['p999_ms']:7.2f} ms  errors {run['errors']}",
+                      f"p99 {run['p99_ms']:7.2f}  p99.9 {run['p999_ms']:7.2f} ms  errors {run['errors']}  "
+                      f"server CPU {run['server_cpu_ms_per_request']:.3f} ms/req",
                       flush=True)
         result["rss_end_mb"] = rss_mb(server.proc.pid)
         result["worker_rss_end_mb"] = worker_rss_mb(server.proc.pid)
@@ -234,12 +237,13 @@ def markdown(results: dict, reference: str = "ddddocr", bare: str = "bare") -> s
     """The tables: absolute numbers per server, then ratios to ddddocr and to the bare endpoint."""
     lines = []
     by_name = {s["server"]: s for s in results["servers"]}
-    lines.append("| server | method | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | requests |")
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| server | method | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | requests | server CPU ms/request |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for s in results["servers"]:
         for r in s["runs"]:
             lines.append(f"| {s['server']} | {r['method']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                         f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} | {r['requests']} |")
+                         f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} | {r['requests']} | "
+                         f"{r.get('server_cpu_ms_per_request', float('nan')):.3f} |")
     if "capserve" in by_name:
         lines.append("")
         lines.append("| method | conns | capserve / ddddocr req/s | capserve / naive req/s | capserve / bare req/s | capserve p99 / bare p99 |")
@@ -255,12 +259,17 @@ def markdown(results: dict, reference: str = "ddddocr", bare: str = "bare") -> s
             lines.append(f"| {key[0]} | {key[1]} | {ratio(reference, key)} | {ratio('naive', key)} | "
                          f"{ratio(bare, key)} | {ratio(bare, key, 'p99_ms')} |")
     lines.append("")
-    lines.append("| server | ready after s | answered 200 (GET+POST) | text = label | RSS after load (all processes) MB |")
-    lines.append("| --- | ---: | ---: | ---: | ---: |")
+    lines.append("| server | ready after s | answered 200 (GET+POST) | text = label | same text as capserve (GET) | "
+                 "RSS after load (all processes) MB |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    reference = by_name.get("capserve", {}).get("check", {}).get("texts")
     for s in results["servers"]:
         c = s["check"]
+        same = "-"
+        if reference:
+            same = f"{sum(a == b for a, b in zip(c['texts'], reference) if a is not None)}/{len(reference)}"
         lines.append(f"| {s['server']} | {s['ready_s']:.2f} | {c['answered_200']}/{c['asked']} | "
-                     f"{c['label_match']}/{c['asked']} | {s['rss_end_mb']:.0f} |")
+                     f"{c['label_match']}/{c['asked']} | {same} | {s['rss_end_mb']:.0f} |")
     return "\n".join(lines)
 
 
