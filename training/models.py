@@ -79,6 +79,14 @@ def _conv_block(keras, x, filters: int, pool: tuple[int, int], name: str, batch_
     return x
 
 
+def _seq_block(keras, x, name: str, batch_norm: bool):
+    # Normalizing the sequence layers too keeps their ReLUs alive: without it a CTC model can
+    # sit on the all-blank plateau for epochs.
+    if batch_norm:
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
 def build_model(config: ModelConfig, *, batch_size: int | None = None, unroll: bool = False):
     """The Keras model for ``config``; softmax probabilities out, ``(batch, positions, classes)``."""
     import keras
@@ -105,11 +113,13 @@ def build_model(config: ModelConfig, *, batch_size: int | None = None, unroll: b
     h, w, f = x.shape[1], x.shape[2], x.shape[3]
     x = keras.layers.Permute((2, 1, 3), name="columns")(x)
     x = keras.layers.Reshape((w, h * f), name="flatten_columns")(x)
-    x = keras.layers.Dense(c.units, activation="relu", name="column_dense")(x)
+    x = _seq_block(keras, keras.layers.Dense(c.units, use_bias=not c.batch_norm, name="column_dense")(x),
+                   "column", c.batch_norm)
     x = keras.layers.Dropout(c.dropout, name="column_dropout")(x)
     if c.arch == "cnn":
         for k in range(2):
-            x = keras.layers.Conv1D(c.units, 5, padding="same", activation="relu", name=f"context{k + 1}")(x)
+            conv = keras.layers.Conv1D(c.units, 5, padding="same", use_bias=not c.batch_norm, name=f"context{k + 1}")
+            x = _seq_block(keras, conv(x), f"context{k + 1}", c.batch_norm)
     else:
         gru = keras.layers.GRU(c.units // 2, return_sequences=True, unroll=unroll, reset_after=True, name="gru")
         x = keras.layers.Bidirectional(gru, name="bigru")(x)
