@@ -163,6 +163,7 @@ def export(
         raise ExportError(
             f"the {mode} file reads {scores.sequence_accuracy:.2%} of the validation set, "
             f"{result.drop * 100:.2f} points below the Keras model's {keras_scores.sequence_accuracy:.2%} "
-            f"(tolerance {tolerance * 100:.2f}); refusing it (try --quantization dynamic or none, or --tolerance)"
+            f"(tolerance {tolerance * 100:.2f}, validation set of {len(val_labels)}); refusing it "
+            f"(try {'--quantization none or float16' if mode != 'none' else 'more validation samples'}, or --tolerance)"
         )
     return result

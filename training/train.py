@@ -180,15 +180,36 @@ def make_augment(spec: dict[str, float], height: int, width: int, seed: int) -> 
 
 
 def make_dataset(data: Dataset, y: np.ndarray, config: TrainConfig, height: int, width: int):
+    """Batches of ``(x, labels)``, reshuffled every epoch, augmented in parallel, prefetched.
+
+    The arrays stay in numpy: each batch is gathered by index (a copy of one batch), rather
+    than copying the whole set into a tf.data shuffle buffer (twice the memory, and large
+    sets in one buffer were seen to stall learning).
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((data.x, y))
-    ds = ds.shuffle(len(data), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size, drop_remainder=len(data) >= config.batch_size)
+    x = data.x
+    n = len(data)
+    batch = min(config.batch_size, n)
+    steps = n // batch
+    epoch_counter = iter(range(1 << 30))
+
+    def batches():
+        order = np.random.default_rng((config.seed, next(epoch_counter))).permutation(n)
+        for k in range(steps):
+            index = np.sort(order[k * batch : (k + 1) * batch])
+            yield x[index], y[index]
+
+    signature = (
+        tf.TensorSpec((None, *x.shape[1:]), tf.float32),
+        tf.TensorSpec((None, y.shape[1]), tf.int32),
+    )
+    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
     augment = make_augment(config.augment, height, width, config.seed)
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(4)
 
 
 def _log(message: str) -> None:
