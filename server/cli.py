@@ -40,11 +40,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.lazy:
         os.environ["CAPSERVE_LAZY"] = "1"
     from server.protocol import HTTP_PROTOCOL
+    from server.workers import reuse_port_available, run_workers
 
-    uvicorn.run(
-        "server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-        log_level=args.log_level, access_log=args.access_log, http=HTTP_PROTOCOL,
+    options = dict(
+        factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+        access_log=args.access_log, http=HTTP_PROTOCOL,
     )
+    # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
+    # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
+    if args.workers > 1 and reuse_port_available() and os.environ.get("CAPSERVE_REUSE_PORT", "1") != "0":
+        run_workers(uvicorn.Config("server.app:create_app", **options))
+    else:
+        uvicorn.run("server.app:create_app", **options)
     return 0
 
 
