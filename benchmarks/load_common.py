@@ -235,8 +235,11 @@ def uvicorn_argv(factory: str, port: int, workers: int, *, stock_http: bool = Fa
 
 
 def peer_argv(module: str, port: int, workers: int, *, stock_http: bool = False) -> list[str]:
-    """A peer app from benchmarks/peers behind uvicorn with the same settings capserve uses."""
-    return uvicorn_argv(f"benchmarks.peers.{module}:create_app", port, workers, stock_http=stock_http)
+    """A peer app from benchmarks/peers served as ``capserve serve`` serves capserve
+    (benchmarks/peers/serve.py), or with ``stock_http`` behind plain ``uvicorn --workers``."""
+    if stock_http:
+        return uvicorn_argv(f"benchmarks.peers.{module}:create_app", port, workers, stock_http=True)
+    return [PYTHON, "-m", "benchmarks.peers.serve", module, "--port", str(port), "--workers", str(workers)]
 
 
 # -- the machine --------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from benchmarks.load_common import (  # noqa: E402
 SERVERS = {
     "capserve": "capserve serve, every feature on",
     "capserve-stock-http": "the capserve app behind stock uvicorn (no TCP_NODELAY)",
+    "capserve-shared-socket": "capserve serve with CAPSERVE_REUSE_PORT=0 (uvicorn's shared socket)",
     "bare": "bare LiteRT endpoint",
     "naive": "naive baseline (getpixel + tf.lite)",
     "ddddocr": "ddddocr general model in a wrapper",
@@ -169,25 +170,47 @@ def check_answers(base: str, samples: list[tuple[str, bytes]]) -> dict:
     return {"answered_200": ok, "asked": 2 * len(samples), "label_match": correct, "texts": texts}
 
 
+def display_name(name: str) -> str:
+    """``capserve@/x/venv-fast/bin/python`` -> ``capserve (venv-fast)``."""
+    if "@" not in name:
+        return name
+    base, python = name.split("@", 1)
+    return f"{base} ({Path(python).parent.parent.name})"
+
+
+def _server_argv(name: str, registry: Path, port: int, workers: int, stock_http: bool, env: dict) -> list[str]:
+    if name == "capserve":
+        return capserve_argv(registry, port, workers)
+    if name == "capserve-stock-http":  # the same app behind stock uvicorn (no TCP_NODELAY fix)
+        env["CAPSERVE_REGISTRY"] = str(registry)
+        return uvicorn_argv("server.app:create_app", port, workers, stock_http=True)
+    if name == "capserve-shared-socket":  # capserve serve with uvicorn's one shared socket
+        env["CAPSERVE_REUSE_PORT"] = "0"
+        return capserve_argv(registry, port, workers)
+    return peer_argv(PEER_MODULES[name], port, workers, stock_http=stock_http)
+
+
 def bench_server(name: str, *, registry: Path, entry: Path, samples, connections: list[int], methods: list[str],
                  duration: float, warmup: float, workers: int, work: Path, log: Path, env: dict | None = None,
                  stock_http: bool = False) -> dict:
     port = free_port()
     server_env = {"BENCH_ENTRY": str(entry), **(env or {})}
-    if name == "capserve":
-        argv = capserve_argv(registry, port, workers)
-    elif name == "capserve-stock-http":  # the same app behind stock uvicorn (no TCP_NODELAY fix)
-        argv = uvicorn_argv("server.app:create_app", port, workers, stock_http=True)
-        server_env["CAPSERVE_REGISTRY"] = str(registry)
+    label = SERVERS.get(name, name)
+    if "@" in name:  # "capserve@/path/to/python": the same server run by another interpreter
+        base_name, python = name.split("@", 1)
+        argv = _server_argv(base_name, registry, port, workers, stock_http, server_env)
+        argv[0] = python
+        label = f"{SERVERS.get(base_name, base_name)}, run by {python}"
     else:
-        argv = peer_argv(PEER_MODULES[name], port, workers, stock_http=stock_http)
-    result: dict = {"server": name, "label": SERVERS.get(name, name), "runs": []}
+        argv = _server_argv(name, registry, port, workers, stock_http, server_env)
+    result: dict = {"server": display_name(name), "label": label, "runs": []}
     with Server(argv, port, env=server_env, log=log) as server:
         result["ready_s"] = server.wait_ready()
         result["check"] = check_answers(server.base, samples)
         result["rss_ready_mb"] = rss_mb(server.proc.pid)
         for method in methods:
-            script, out = work / f"{name}-{method}.lua", work / f"{name}-{method}.json"
+            tag = name.replace("@", "-").replace("/", "_")
+            script, out = work / f"{tag}-{method}.lua", work / f"{tag}-{method}.json"
             write_script(script, method, samples, out)
             run_wrk(server.base, script, out, max(connections), warmup)  # warm every worker
             for c in connections:
@@ -196,7 +219,7 @@ def bench_server(name: str, *, registry: Path, entry: Path, samples, connections
                 run["server_cpu_ms_per_request"] = (cpu_seconds(server.proc.pid) - cpu) * 1e3 / max(1, run["requests"])
                 run["method"] = method
                 result["runs"].append(run)
-                print(f"  {name:9s} {method:4s} c={c:<3d} {run['rps']:8.1f} req/s  p50 {run['p50_ms']:7.2f}  "
+                print(f"  {name[:40]:9s} {method:4s} c={c:<3d} {run['rps']:8.1f} req/s  p50 {run['p50_ms']:7.2f}  "
                       f"p99 {run['p99_ms']:7.2f}  p99.9 {run['p999_ms']:7.2f} ms  errors {run['errors']}  "
                       f"server CPU {run['server_cpu_ms_per_request']:.3f} ms/req",
                       flush=True)
@@ -220,7 +243,8 @@ def run(servers: list[str], connections: list[int], methods: list[str], duration
             print(f"{name}: {SERVERS.get(name, name)}", flush=True)
             results["servers"].append(bench_server(
                 name, registry=registry, entry=entry, samples=samples, connections=connections, methods=methods,
-                duration=duration, warmup=warmup, workers=workers, work=work, log=work / f"{name}.log",
+                duration=duration, warmup=warmup, workers=workers, work=work,
+                log=work / f"{name.replace('@', '-').replace('/', '_')}.log",
                 stock_http=stock_http,
             ))
     finally:
@@ -258,6 +282,22 @@ def markdown(results: dict, reference: str = "ddddocr", bare: str = "bare") -> s
         for key in cap:
             lines.append(f"| {key[0]} | {key[1]} | {ratio(reference, key)} | {ratio('naive', key)} | "
                          f"{ratio(bare, key)} | {ratio(bare, key, 'p99_ms')} |")
+    variants = sorted({s["server"].split(" ", 1)[1] for s in results["servers"] if s["server"].startswith("capserve (")})
+    for variant in variants:
+        cap_v = {(r["method"], r["connections"]): r for r in by_name[f"capserve {variant}"]["runs"]}
+        bare_v = {(r["method"], r["connections"]): r for r in by_name.get(f"bare {variant}", {}).get("runs", [])}
+        if not bare_v:
+            continue
+        lines.append("")
+        lines.append(f"| method | conns | capserve {variant} / bare {variant} req/s | p99 ratio | "
+                     f"capserve {variant} / capserve req/s |")
+        lines.append("| --- | ---: | ---: | ---: | ---: |")
+        plain = {(r["method"], r["connections"]): r for r in by_name.get("capserve", {}).get("runs", [])}
+        for key, r in cap_v.items():
+            b = bare_v.get(key)
+            c = plain.get(key)
+            lines.append(f"| {key[0]} | {key[1]} | {r['rps'] / b['rps']:.2f} | {r['p99_ms'] / b['p99_ms']:.2f} | "
+                         + (f"{r['rps'] / c['rps']:.2f} |" if c else "- |"))
     lines.append("")
     lines.append("| server | ready after s | answered 200 (GET+POST) | text = label | same text as capserve (GET) | "
                  "RSS after load (all processes) MB |")

@@ -90,6 +90,10 @@ def render(results: dict) -> str:
     out.append(f"- Load average before / after: {results['load_before'][0]:.2f} / {results['load_after'][0]:.2f}. "
                + ("No other process was busy (over 20% of a core) before or after the run."
                   if quiet else "**The machine was not quiet**: " + "; ".join(results["busy_before"] + results["busy_after"])))
+    if results.get("also_python"):
+        a = results["also_python"]
+        out.append(f"- Rows marked ({Path(a['python']).parent.parent.name}) ran with `{a['python']}`: the same "
+                   f"packages plus {a['packages']} (uvicorn's default `auto` then picks httptools and uvloop)")
     out.append(f"- Every server runs on 127.0.0.1 behind uvicorn with {load['workers']} worker processes; wrk runs on "
                f"the same {m['cores']} cores (2 threads, 1 at 1 connection), {load['duration_s']:g} s per cell after "
                "a warm-up.")
@@ -144,6 +148,9 @@ def main() -> None:
     parser.add_argument("--growth-requests", type=int, help="requests for the RSS growth run (default 100000)")
     parser.add_argument("--repeat", type=int, help="start-ups per start-up row (default 5)")
     parser.add_argument("--servers", default="capserve,bare,naive,ddddocr")
+    parser.add_argument("--also-python", metavar="PYTHON",
+                        help="also run capserve and the bare endpoint with this interpreter (e.g. a venv that "
+                             "adds httptools and uvloop), in the same run")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: load,profile,memory,growth")
     parser.add_argument("--doc", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "latest.json")
@@ -164,13 +171,23 @@ def main() -> None:
         "load_before": machine_info()["load_average"],
         "busy_before": busy_processes(),
     }
+    if args.also_python:
+        import subprocess
+
+        code = ("import importlib.metadata as m; print(', '.join(f'{n} {m.version(n)}' for n in "
+                "('uvicorn', 'httptools', 'uvloop') if __import__('importlib').util.find_spec(n)))")
+        res = subprocess.run([args.also_python, "-c", code], capture_output=True, text=True)
+        results["also_python"] = {"python": args.also_python, "packages": res.stdout.strip() or res.stderr.strip()}
     print("machine:", json.dumps(results["machine"]), flush=True)
     if results["busy_before"]:
         print("warning: the machine is busy:", *results["busy_before"], sep="\n  ", flush=True)
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     if "load" not in skip:
         print("\n== HTTP under load", flush=True)
-        results["load"] = load_http.run(args.servers.split(","), [1, 16, 64], ["GET", "POST"], duration,
+        servers = args.servers.split(",")
+        if args.also_python:
+            servers += [f"capserve@{args.also_python}", f"bare@{args.also_python}"]
+        results["load"] = load_http.run(servers, [1, 16, 64], ["GET", "POST"], duration,
                                         2 if args.quick else 5, args.workers)
     else:
         results["load"] = previous["load"]

@@ -1,0 +1,36 @@
+"""Serve a peer app exactly as ``capserve serve`` serves capserve: the same uvicorn options,
+the same HTTP protocol class (TCP_NODELAY) and, with several workers, the same socket per
+worker (SO_REUSEPORT). Only the app differs.
+
+    python -m benchmarks.peers.serve bare_app --port 8001 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from server.protocol import HTTP_PROTOCOL
+from server.workers import reuse_port_available, run_workers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("module", help="a module of benchmarks/peers with create_app()")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--shared-socket", action="store_true", help="uvicorn's one shared socket for all workers")
+    args = parser.parse_args()
+    options = dict(factory=True, host=args.host, port=args.port, workers=args.workers, log_level="warning",
+                   access_log=False, http=HTTP_PROTOCOL)
+    app = f"benchmarks.peers.{args.module}:create_app"
+    if args.workers > 1 and reuse_port_available() and not args.shared_socket:
+        run_workers(uvicorn.Config(app, **options))
+    else:
+        uvicorn.run(app, **options)
+
+
+if __name__ == "__main__":
+    main()
