@@ -88,7 +88,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="ctc: variable length (default); fixed: one softmax per position (labels of one length)")
     m.add_argument("--filters", type=_ints, help="filters of the convolution blocks (default 16,32,64,96)")
     m.add_argument("--units", type=int, help="width of the sequence layers (default 128)")
-    m.add_argument("--batch-norm", action="store_true", help="batch normalization after each convolution (slower on CPU)")
+    m.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
+                   help="leave out batch normalization (faster per step on CPU, but CTC training can stall)")
 
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=30)

@@ -46,7 +46,7 @@ class TrainOptions:
     decoder: str = "ctc"
     filters: tuple[int, ...] | None = None
     units: int | None = None
-    batch_norm: bool = False
+    batch_norm: bool = True
     # loop
     epochs: int = 30
     batch_size: int = 64
