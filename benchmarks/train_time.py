@@ -32,9 +32,9 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--samples", type=int, default=40000)
     parser.add_argument("--val-samples", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=8, help="the learning-rate schedule spans this many epochs")
+    parser.add_argument("--epochs", type=int, default=4, help="the learning-rate schedule spans this many epochs")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--augment", default="none")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--generator", default=DEMO)
@@ -76,8 +76,8 @@ def main() -> int:
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average at end "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"| {'phase':<34} | {'value':>12} |")
-    print(f"|{'-' * 36}|{'-' * 14}|")
+    print(f"| {'phase':<34} | {'value':>16} |")
+    print(f"|{'-' * 36}|{'-' * 18}|")
     for name, value in (
         ("generate train + validation images", f"{t_data:.0f} s"),
         ("train (incl. per-epoch validation)", f"{t_train:.0f} s"),
@@ -88,7 +88,7 @@ def main() -> int:
         (f"reached {args.target:.0%}", "yes" if reached else "NO"),
         ("goal: at most 10 min", "met" if reached and total <= 600 else "missed"),
     ):
-        print(f"| {name:<34} | {value:>12} |")
+        print(f"| {name:<34} | {value:>16} |")
     return 0 if reached else 1
 
 
