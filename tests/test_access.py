@@ -120,3 +120,27 @@ def test_hmac_signing(two_sites):
         query = "base64Image=" + IMAGE.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
         get = signed_headers(secret, "GET", "/recognize/tiny", query, b"")
         assert c.get("/recognize/tiny?" + query, headers=get).status_code == 200
+
+
+def test_keys_rate_limits_and_signing_hold_in_the_scf_adapter(two_sites):
+    from scf_adapter import adapter
+    from tests.test_scf_adapter import KINDS, make_event
+
+    secret = b"s3cret"
+    app = create_app(two_sites, Settings(), access=Access([ApiKey("k", digest("key-1"))], hmac_secret=secret),
+                     watch=False)
+    query = [("base64Image", IMAGE)]
+    from urllib.parse import urlencode
+
+    raw_query = urlencode(query)
+    for kind in KINDS:
+        answer = adapter.handle(app, make_event(kind, "GET", "/recognize/tiny", query=query))
+        assert answer["statusCode"] == 401 and '"unauthorized"' in answer["body"], kind
+        signed = signed_headers(secret, "GET", "/recognize/tiny", raw_query, b"")
+        ok = adapter.handle(app, make_event(kind, "GET", "/recognize/tiny", query=query, raw_query=raw_query,
+                                             headers={"X-API-Key": "key-1", **signed}))
+        assert ok["statusCode"] == 200, (kind, ok["body"])
+        replay = adapter.handle(app, make_event(kind, "GET", "/recognize/tiny", query=query, raw_query=raw_query,
+                                                 headers={"X-API-Key": "key-1", **signed}))
+        assert replay["statusCode"] == 401 and "replayed_signature" in replay["body"], kind
+        time.sleep(1.01)  # the next kind signs with a new timestamp, so a new signature
