@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +22,8 @@ from model_registry.registry import AVAILABLE, UNLOADED, Registry
 from server.app import create_app
 from server.settings import Settings
 from tests import model_factory
-from tests.conftest import REPO, png_bytes
+from tests.test_serve_process import start_server
+from tests.conftest import png_bytes
 
 N_SITES = 20
 POOL = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -155,29 +153,7 @@ def test_lazy_registry_loads_each_site_once_under_concurrent_first_requests(many
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_a_two_worker_server_answers_every_site_correctly(many_registry, expected, lazy):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "server.cli", "serve", "--registry", str(many_registry), "--port", str(port),
-            "--workers", "2", "--log-level", "warning"] + (["--lazy"] if lazy else [])
-    proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read().decode()}")
-            time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready")
+    with start_server(many_registry, "--workers", "2", *(["--lazy"] if lazy else [])) as base:
         jobs = [(site, k) for k in range(len(IMAGES)) for site in SITES]
 
         # 32 connections at once: the kernel spreads them over both workers.
@@ -191,10 +167,3 @@ def test_a_two_worker_server_answers_every_site_correctly(many_registry, expecte
             with concurrent.futures.ThreadPoolExecutor(32) as pool:
                 answers = list(pool.map(ask, jobs))
         assert answers == [(site, expected[(site, k)]) for site, k in jobs]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
