@@ -205,6 +205,8 @@ def _worker_count(n: int, workers: int | None) -> int:
 
 def _pool(workers: int):
     # Forking a process that already runs TensorFlow's thread pools is unsafe; spawn then.
+    # (Spawned workers import the caller's main module: a script that imports TensorFlow and
+    # then generates or reads 2,000+ samples needs the usual ``if __name__ == "__main__":``.)
     method = "spawn" if "tensorflow" in sys.modules else "fork"
     return multiprocessing.get_context(method).Pool(workers)
 
