@@ -104,8 +104,8 @@ def main() -> None:
         agree += text == model.recognize(data).raw_text
 
     print(f"site {spec.site} v{spec.version}, {spec.width}x{spec.height} PNG, {args.n} images, one thread\n")
-    print(f"| path | p50 ms | p90 ms | p99 ms | mean ms |")
-    print(f"| --- | ---: | ---: | ---: | ---: |")
+    print("| path | p50 ms | p90 ms | p99 ms | mean ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, values in list(stages.items()) + [("capserve total", totals), ("naive baseline total", baseline)]:
         print(f"| {name} | {percentile(values, 50):.3f} | {percentile(values, 90):.3f} | "
               f"{percentile(values, 99):.3f} | {statistics.mean(values):.3f} |")

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import concurrent.futures
 import threading
-import time
 from pathlib import Path
 
 import httpx
