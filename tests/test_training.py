@@ -357,3 +357,32 @@ def test_transparent_still_images_get_flatten_alpha(tmp_path):
     write_styled_folder(tmp_path / "p", 40, charset="ab", styles=("plain",))
     _, _, _, _, chain = prepare(TrainOptions(site="x", out=tmp_path / "o", data=tmp_path / "p"))
     assert chain == datasets.default_preprocess(1)
+
+
+def test_refused_quantization_falls_back_to_a_less_quantized_mode(tmp_path, monkeypatch):
+    import training.export as export_module
+
+    real = export_module.export
+
+    def refuse_dynamic(*args, mode="dynamic", **kwargs):
+        if mode == "dynamic":
+            raise export_module.AccuracyRefused("the dynamic file reads worse (simulated)")
+        return real(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(export_module, "export", refuse_dynamic)
+    args = ["train", "--site", "fb", "--generator", SPEC, "--samples", "200", "--val-samples", "40", "--epochs", "1",
+            "--filters", "8,8,16,16", "--units", "16", "--progress", "none", "--out", str(tmp_path)]
+    assert cli.main(args + ["--no-fallback"]) == 1  # refused, nothing written
+    assert not (tmp_path / "fb" / "1" / "model.yaml").exists()
+    assert cli.main(args) == 0
+    spec = load_spec(tmp_path / "fb" / "1" / "model.yaml")
+    assert spec.training["quantization"] == "float16"
+    assert spec.training["quantization_requested"] == "dynamic"
+
+
+def test_auto_epochs_give_small_datasets_enough_steps():
+    from training.pipeline import auto_epochs
+
+    assert auto_epochs(80000, 64) == 10
+    assert auto_epochs(900, 64) == 150
+    assert auto_epochs(6400, 64) == 30

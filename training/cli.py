@@ -92,7 +92,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="leave out batch normalization (faster per step on CPU, but CTC training can stall)")
 
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--epochs", type=int,
+                   help="passes over the training set (default: enough for about 3,000 steps, 10 to 150)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=2e-3, dest="learning_rate", help="peak learning rate (cosine decay)")
     t.add_argument("--target-accuracy", type=_fraction, help="stop once validation sequence accuracy reaches this")
@@ -108,6 +109,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--quantization", choices=("none", "dynamic", "float16", "int8"), default="dynamic")
     e.add_argument("--tolerance", type=_fraction, default=0.003,
                    help="refuse the file if LiteRT accuracy is this much below Keras (default 0.003 = 0.3 points)")
+    e.add_argument("--no-fallback", dest="fallback", action="store_false",
+                   help="fail when the quantized file is refused, instead of trying float16, then none")
     p.set_defaults(func=cmd_train)
     return p
 

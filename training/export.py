@@ -43,6 +43,10 @@ class ExportError(RuntimeError):
     """A model that cannot be exported in a mode, or whose file is refused, and why."""
 
 
+class AccuracyRefused(ExportError):
+    """The exported file reads the validation set worse than the Keras model, beyond the tolerance."""
+
+
 @dataclasses.dataclass
 class ExportResult:
     mode: str
@@ -160,7 +164,7 @@ def export(
     scores = score(val_labels, preds)
     result = ExportResult(mode, content, scores, keras_scores, preds, invoke_us)
     if result.drop > tolerance:
-        raise ExportError(
+        raise AccuracyRefused(
             f"the {mode} file reads {scores.sequence_accuracy:.2%} of the validation set, "
             f"{result.drop * 100:.2f} points below the Keras model's {keras_scores.sequence_accuracy:.2%} "
             f"(tolerance {tolerance * 100:.2f}, validation set of {len(val_labels)}); refusing it "

@@ -48,7 +48,7 @@ class TrainOptions:
     units: int | None = None
     batch_norm: bool = True
     # loop
-    epochs: int = 30
+    epochs: int | None = None  # None: enough epochs for about 3,000 steps (10 to 150)
     batch_size: int = 64
     learning_rate: float = 2e-3
     target_accuracy: float | None = None
@@ -61,6 +61,7 @@ class TrainOptions:
     # export
     quantization: str = "dynamic"
     tolerance: float = 0.003
+    fallback: bool = True  # a refused quantized file: try float16, then none
     command: str | None = None
 
 
@@ -181,10 +182,19 @@ def model_config(options: TrainOptions, shape: InputShape, charset: str, max_len
     )
 
 
+FALLBACKS = {"int8": ["dynamic", "float16", "none"], "dynamic": ["float16", "none"], "float16": ["none"], "none": []}
+
+
+def auto_epochs(samples: int, batch_size: int, steps: int = 3000) -> int:
+    """Epochs for about ``steps`` optimizer steps: small datasets get more passes (10 to 150)."""
+    per_epoch = max(1, samples // max(1, batch_size))
+    return max(10, min(150, -(-steps // per_epoch)))
+
+
 def run(options: TrainOptions) -> Path:
     """Train, export, verify and write the entry; returns the entry folder."""
     from training import entry
-    from training.export import MODES, ExportError
+    from training.export import MODES, AccuracyRefused, ExportError
 
     if options.quantization not in MODES:
         raise ExportError(f"unknown quantization mode {options.quantization!r}; modes: {', '.join(MODES)}")
@@ -206,8 +216,9 @@ def run(options: TrainOptions) -> Path:
     from training.train import TrainConfig, fit, parse_augment
 
     build_model(config)  # an input too small for the model fails here, before any epoch
+    epochs = options.epochs or auto_epochs(len(train), options.batch_size)
     train_config = TrainConfig(
-        epochs=options.epochs,
+        epochs=epochs,
         batch_size=options.batch_size,
         learning_rate=options.learning_rate,
         target_accuracy=options.target_accuracy,
@@ -218,18 +229,28 @@ def run(options: TrainOptions) -> Path:
         resume=options.resume,
         progress=options.progress,
     )
-    log(f"training a {config.arch}/{config.decoder} model for up to {options.epochs} epochs ...")
+    log(f"training a {config.arch}/{config.decoder} model for up to {epochs} epochs ...")
     result = fit(config, charset, train, val, train_config)
     log(f"best validation sequence accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch} "
         f"({result.seconds:.0f}s, stopped: {result.stopped})")
 
     rng = np.random.default_rng(options.seed)
     representative = train.x[rng.choice(len(train), size=min(300, len(train)), replace=False)]
-    log(f"exporting ({options.quantization}) and verifying in LiteRT on {len(val)} validation samples ...")
-    exported = export(result.model, config, charset, val.x, val.labels, mode=options.quantization,
-                      representative=representative, tolerance=options.tolerance,
-                      keras_predictions=result.predictions)
-    log(f"{options.quantization}: {exported.size} bytes, LiteRT sequence accuracy {exported.scores.sequence_accuracy:.4f} "
+    exported = None
+    modes = [options.quantization] + (FALLBACKS.get(options.quantization, []) if options.fallback else [])
+    for mode in modes:
+        log(f"exporting ({mode}) and verifying in LiteRT on {len(val)} validation samples ...")
+        try:
+            exported = export(result.model, config, charset, val.x, val.labels, mode=mode,
+                              representative=representative, tolerance=options.tolerance,
+                              keras_predictions=result.predictions)
+            break
+        except AccuracyRefused as exc:
+            if mode == modes[-1]:
+                raise
+            log(f"{exc}\nfalling back to the next, less quantized mode (--no-fallback to stop here)")
+    assert exported is not None
+    log(f"{exported.mode}: {exported.size} bytes, LiteRT sequence accuracy {exported.scores.sequence_accuracy:.4f} "
         f"(Keras {exported.keras_scores.sequence_accuracy:.4f}), {exported.invoke_us:.0f} us per invoke")
 
     history = [r.to_dict() for r in result.history]
@@ -241,7 +262,8 @@ def run(options: TrainOptions) -> Path:
         "samples": {"train": len(train), "validation": len(val)},
         "data": options.generator if options.generator else str(options.data),
         "date": entry.today(),
-        "quantization": options.quantization,
+        "quantization": exported.mode,
+        **({"quantization_requested": options.quantization} if exported.mode != options.quantization else {}),
         "model_bytes": exported.size,
         "model": {"arch": config.arch, "filters": list(config.filters), "units": config.units,
                   "batch_norm": config.batch_norm, "params": int(result.model.count_params())},
