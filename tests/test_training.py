@@ -253,6 +253,11 @@ def test_crnn_exports_with_builtin_ops(bars_data):
                           keras_predictions=result.predictions)
         # the unrolled batch-1 GRU gives the Keras model's answers
         assert exported.scores.sequence_accuracy == pytest.approx(exported.keras_scores.sequence_accuracy, abs=0.02)
+    # full-integer export of the GRU converts here and runs in LiteRT (its accuracy is what
+    # export() checks against the tolerance; the pipeline falls back when it is refused)
+    exported = export(result.model, config, "abc", val.x[:50], val.labels[:50], mode="int8", tolerance=1.0,
+                      representative=train.x[:50], keras_predictions=result.predictions[:50])
+    assert exported.size > 0 and len(exported.predictions) == 50
 
 
 def test_fixed_length_head(tmp_path):
