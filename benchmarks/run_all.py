@@ -78,7 +78,7 @@ def _mark(ok: bool) -> str:
 def render(results: dict) -> str:
     m = results["machine"]
     load, mem, growth, prof = results["load"], results["memory"], results.get("growth"), results.get("profile")
-    out = [BEGIN, ""]
+    out = [BEGIN, "", "## Measured", ""]
     out.append(f"Run of {results['started']} (UTC), {results['wall_s'] / 60:.0f} min, command: `{results['command']}`")
     out.append("")
     out.append(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
@@ -154,7 +154,14 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: load,profile,memory,growth")
     parser.add_argument("--doc", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "latest.json")
+    parser.add_argument("--from-json", type=Path, metavar="RESULTS",
+                        help="run nothing: write the doc from a results file of an earlier run")
     args = parser.parse_args()
+    if args.from_json:
+        generated = render(json.loads(args.from_json.read_text()))
+        write_doc(args.doc, generated)
+        print(f"wrote {args.doc} from {args.from_json}")
+        return
     for tool in ("wrk",):
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed (apt-get install {tool})")
