@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import time
 from typing import Any
 
@@ -74,7 +75,7 @@ class Model:
         t4 = time.perf_counter()
         return Recognition(
             text=text,
-            confidence=float(np.prod(confidences)) if confidences else 0.0,
+            confidence=math.prod(confidences) if confidences else 0.0,
             raw_text=raw,
             char_confidences=confidences,
             timings_ms={

@@ -27,13 +27,18 @@ class Metrics:
             "capserve_models", "Registry entries by state.", ("state",), registry=self.collectors
         )
         self._registry = registry
+        self._children: dict[tuple[str, int], tuple] = {}
 
     def observe(self, site: str | None, status: int, seconds: float) -> None:
         """Count one request; ``site`` is None when it named no served site, so junk names
         cannot grow the number of series."""
-        label = site or "_unknown"
-        self.requests.labels(label, str(status)).inc()
-        self.latency.labels(label).observe(seconds)
+        key = (site or "_unknown", status)
+        children = self._children.get(key)
+        if children is None:
+            # labels() takes a lock and builds a tuple each call; a site's children never change.
+            children = self._children[key] = (self.requests.labels(key[0], str(status)), self.latency.labels(key[0]))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         states = [entry.state for entry in self._registry.entries()]

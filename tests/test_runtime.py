@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 
 from model_registry.decoders import ctc_greedy, fixed_argmax
@@ -29,6 +31,33 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
 def test_ctc_greedy_last_step_is_a_character():
     text, conf = ctc_greedy(one_hot([0, 2, 2], 3), "ab")
     assert text == "b" and len(conf) == 1
+
+
+def _ctc_reference(probs, charset):
+    """CTC best path written out the slow, obvious way: collapse repeats, then drop blanks."""
+    best = [int(np.argmax(row)) for row in probs]
+    text, confidences = [], []
+    for t, cls in enumerate(best):
+        if cls == 0:
+            continue
+        if t > 0 and best[t - 1] == cls:
+            confidences[-1] = max(confidences[-1], float(probs[t, cls]))
+        else:
+            text.append(charset[cls - 1])
+            confidences.append(float(probs[t, cls]))
+    return "".join(text), tuple(confidences)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    steps=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ctc_greedy_agrees_with_the_reference(steps, seed):
+    rng = np.random.default_rng(seed)
+    probs = rng.random((len(steps), 4), dtype=np.float32) * 0.2
+    probs[np.arange(len(steps)), steps] += rng.random(len(steps), dtype=np.float32) * 0.7 + 0.25
+    assert ctc_greedy(probs, "abc") == _ctc_reference(probs, "abc")
 
 
 def test_fixed_argmax_reads_every_position():

@@ -23,10 +23,15 @@ def grayscale(image: np.ndarray, *, weights: tuple[float, ...] = (0.299, 0.587, 
     """RGB(A) -> one channel, as a weighted sum of R, G and B (alpha is ignored)."""
     if image.shape[-1] == 1:
         return image
-    gray = image[..., :3] @ np.asarray(weights, dtype=np.float32)
-    if image.dtype == np.uint8:
-        gray = np.clip(gray + 0.5, 0, 255).astype(np.uint8)
-    return gray[..., None]
+    rgb = image[..., :3]
+    if image.dtype != np.uint8:
+        return (rgb @ np.asarray(weights, dtype=np.float32))[..., None]
+    # float32 first: a matmul straight on uint8 takes numpy's slow mixed-type path.
+    gray = rgb.astype(np.float32) @ np.asarray(weights, dtype=np.float32)
+    gray += 0.5
+    if min(weights) < 0 or sum(weights) > 1:  # only then can a value leave 0..255
+        np.clip(gray, 0, 255, out=gray)
+    return gray.astype(np.uint8)[..., None]
 
 
 def normalize(image: np.ndarray, *, scale: float = 1 / 255, offset: float = 0.0) -> np.ndarray:
