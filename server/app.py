@@ -127,6 +127,7 @@ def create_app(
             registry.watch(settings.watch_interval)
         yield
         registry.close()
+        metrics.close()
 
     app = Starlette(
         routes=[

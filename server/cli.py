@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from model_registry.errors import CapserveError
@@ -46,13 +49,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         access_log=args.access_log, http=HTTP_PROTOCOL,
     )
-    # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
-    # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
-    if args.workers > 1 and reuse_port_available() and os.environ.get("CAPSERVE_REUSE_PORT", "1") != "0":
-        run_workers(uvicorn.Config("server.app:create_app", **options))
-    else:
-        uvicorn.run("server.app:create_app", **options)
+    with _shared_metrics(args.workers):
+        # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
+        # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
+        if args.workers > 1 and reuse_port_available() and os.environ.get("CAPSERVE_REUSE_PORT", "1") != "0":
+            run_workers(uvicorn.Config("server.app:create_app", **options))
+        else:
+            uvicorn.run("server.app:create_app", **options)
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int):
+    """With several workers, a fresh PROMETHEUS_MULTIPROC_DIR so /metrics adds up all of them
+    (one given by the operator is used as is), removed when the server stops."""
+    from server.metrics import MULTIPROCESS_ENV, multiprocess_dir
+
+    if workers < 2 or multiprocess_dir() is not None:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="capserve-metrics-")
+    os.environ[MULTIPROCESS_ENV] = folder
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_ENV]
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

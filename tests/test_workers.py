@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from server.workers import WorkerSocket, bind_reuse_port, reuse_port_available
-from tests.conftest import REPO
+from tests.conftest import REPO, png_bytes
 
 pytestmark = pytest.mark.skipif(not reuse_port_available(), reason="needs SO_REUSEPORT")
 
@@ -86,6 +86,14 @@ def test_two_workers_listen_on_a_socket_each_and_serve(registry_dir):
         # 40 fresh connections (the kernel spreads them over both sockets): all answer.
         answers = [httpx.get(base + "/readyz", timeout=10).status_code for _ in range(40)]
         assert answers == [200] * 40
+        # Recognitions spread over both workers; a scrape, answered by one, counts all of them.
+        for _ in range(30):
+            answer = httpx.post(base + "/recognize/tiny", content=png_bytes(), timeout=10)
+            assert answer.status_code == 200
+        metrics = httpx.get(base + "/metrics", timeout=10).text
+        assert 'capserve_requests_total{site="tiny",status="200"} 30.0' in metrics
+        assert 'capserve_request_seconds_count{site="tiny"} 30.0' in metrics
+        assert 'capserve_models{state="AVAILABLE"} 1.0' in metrics
     finally:
         proc.terminate()
         try:
