@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load_common import (  # noqa: E402
-    PYTHON, REPO, WORK, Server, capserve_argv, entry_spec, free_port, make_registry, model_entry, peer_argv,
+    PYTHON, WORK, Server, capserve_argv, entry_spec, free_port, make_registry, model_entry, peer_argv,
     sample_images,
 )
 from benchmarks.load_http import request_items, run_wrk, write_lua  # noqa: E402

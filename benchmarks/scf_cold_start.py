@@ -149,7 +149,6 @@ def pick_site(args, tmp: Path) -> tuple[str, list[str], Path, str]:
     model = registry.serving(args.site)
     if model is None:
         raise SystemExit(f"site {args.site!r} does not load")
-    entry = next(e for e in registry.site_entries(args.site) if e.model is model)
     spec = model.spec
     model_file = Path(spec.model_file)
     if not model_file.is_absolute():

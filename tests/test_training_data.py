@@ -22,7 +22,7 @@ from training import datasets
 from training.datasets import DatasetError
 from training.metrics import align, score
 
-from tests.training_helpers import BarsPlugin, bars, write_folder
+from tests.training_helpers import BarsPlugin, write_folder
 
 SHAPE = InputShape(64, 16, 1)
 CHAIN = datasets.default_preprocess(1)

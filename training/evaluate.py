@@ -116,7 +116,7 @@ def format_result(result: EvalResult, top: int = 10) -> str:
         f"  sequence accuracy:   {s.sequence_accuracy:.4f}",
         f"  character accuracy:  {s.char_accuracy:.4f}",
         f"  time per image:      {result.ms_per_image:.2f} ms",
-        f"worst-confused characters (true -> read, count; ∅ = missing/extra):",
+        "worst-confused characters (true -> read, count; ∅ = missing/extra):",
         format_confusions(s, top),
     ]
     return "\n".join(lines)

@@ -227,7 +227,6 @@ def fit(
 ) -> TrainResult:
     """Train a model for ``model_config`` and return the one with the best validation accuracy."""
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(config.seed)
     decoder = model_config.decoder
