@@ -1,7 +1,7 @@
 """HTTP under load: wrk against capserve and its peers on loopback, in one run.
 
 Every server runs as its own process group behind uvicorn with the same settings (same
-worker count, log level warning, no access log, uvicorn's default loop and HTTP parser);
+worker count, log level warning, no access log, uvicorn's `auto` loop and HTTP parser: uvloop and httptools, dependencies of capserve);
 wrk runs in a separate process. For each server, method (GET ``?base64Image=``, POST JSON)
 and connection count, wrk runs for ``--duration`` seconds after a short warm-up, cycling
 through the same sample captchas. Reported: requests/s, p50/p99/p99.9 latency (wrk's own
