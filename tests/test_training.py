@@ -301,6 +301,26 @@ def test_checkpoint_and_resume(bars_data, tmp_path):
         fit(small_config(units=16), "abc", train.subset(range(100)), val, TrainConfig(epochs=3, resume=True, **base))
 
 
+def test_warm_start_begins_from_the_best_weights_with_a_new_schedule(bars_data, tmp_path):
+    train, val = bars_data
+    config = small_config()
+    base = dict(batch_size=64, augment={}, progress="none", learning_rate=3e-3)
+    val = val.subset(range(50))
+    first = fit(config, "abc", train.subset(range(400)), val, TrainConfig(epochs=2, checkpoint_dir=tmp_path / "a", **base))
+    warm = fit(config, "abc", train.subset(range(400)), val,
+               TrainConfig(epochs=1, warm_start=tmp_path / "a", checkpoint_dir=tmp_path / "b", **base))
+    cold = fit(config, "abc", train.subset(range(400)), val, TrainConfig(epochs=1, **base))
+    # One more epoch from the best weights ends far below the first epoch's loss of a fresh model.
+    assert [r.epoch for r in warm.history] == [1]
+    assert warm.history[0].loss < first.history[0].loss
+    assert warm.history[0].loss < cold.history[0].loss
+    with pytest.raises(ValueError, match="another model"):
+        fit(small_config(units=16), "abc", train.subset(range(100)), val,
+            TrainConfig(epochs=1, warm_start=tmp_path / "a", **base))
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        fit(config, "abc", train.subset(range(100)), val, TrainConfig(epochs=1, warm_start=tmp_path / "nothing", **base))
+
+
 def test_target_accuracy_stops_early(bars_data):
     train, val = bars_data
     result = fit(small_config(), "abc", train.subset(range(200)), val,

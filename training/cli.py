@@ -103,6 +103,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-dir", type=Path, help="save the model every epoch here (and the best weights)")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    t.add_argument("--warm-start", type=Path, metavar="CHECKPOINT_DIR",
+                   help="start from the best weights saved in an earlier run's --checkpoint-dir, with a new "
+                   "learning-rate schedule (fine-tune on new data or samples)")
     t.add_argument("--progress", choices=("auto", "bar", "epoch", "none"), default="auto")
 
     e = p.add_argument_group("export")

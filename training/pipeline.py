@@ -57,6 +57,7 @@ class TrainOptions:
     seed: int = 0
     checkpoint_dir: Path | None = None
     resume: bool = False
+    warm_start: Path | None = None
     progress: str = "auto"
     # export
     quantization: str = "dynamic"
@@ -227,6 +228,7 @@ def run(options: TrainOptions) -> Path:
         seed=options.seed,
         checkpoint_dir=options.checkpoint_dir,
         resume=options.resume,
+        warm_start=options.warm_start,
         progress=options.progress,
     )
     log(f"training a {config.arch}/{config.decoder} model for up to {epochs} epochs ...")

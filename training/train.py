@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_dir: Path | None = None
     resume: bool = False
+    warm_start: Path | None = None  # a checkpoint folder whose best weights start a new run
     progress: str = "auto"  # bar | epoch | none | auto (bar on a terminal, epoch lines otherwise)
 
 
@@ -250,6 +251,8 @@ def fit(
         _log(f"resuming from {ckpt} after epoch {initial_epoch} (best {best_acc:.4f} at epoch {best_epoch})")
     if model is None:
         model = build_model(model_config)
+        if config.warm_start is not None:
+            _load_warm_start(Path(config.warm_start), model, model_config, charset)
         schedule = keras.optimizers.schedules.CosineDecay(
             config.learning_rate,
             decay_steps=steps_per_epoch * config.epochs,
@@ -317,6 +320,20 @@ def fit(
         stopped=stop_reason,
         predictions=predict(model, val.x, charset, decoder),
     )
+
+
+def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: str) -> None:
+    """Start from the best weights of an earlier run (same model and charset), with a fresh
+    optimizer and learning-rate schedule: fine-tuning on new data, or a warm restart."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder}: not a checkpoint folder (state.json: {exc})") from None
+    if state.get("model_config") != model_config.to_dict() or state.get("charset") != charset:
+        raise ValueError(f"{folder}: the checkpoint was made for another model or charset")
+    model.load_weights(folder / "best.weights.h5")
+    _log(f"starting from the best weights of {folder} (epoch {state['best_epoch']}, "
+         f"validation {state['best_accuracy']:.4f})")
 
 
 def _save_checkpoint(ckpt: Path, model, model_config, charset, epoch, history, best_acc, best_epoch, improved) -> None:
