@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         access_log=args.access_log, http=HTTP_PROTOCOL,
     )
-    with _shared_metrics(args.workers):
+    with _shared_state(args.workers):
         # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
         # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
         if args.workers > 1 and reuse_port_available() and os.environ.get("CAPSERVE_REUSE_PORT", "1") != "0":
@@ -60,20 +60,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _shared_metrics(workers: int):
-    """With several workers, a fresh PROMETHEUS_MULTIPROC_DIR so /metrics adds up all of them
-    (one given by the operator is used as is), removed when the server stops."""
+def _shared_state(workers: int):
+    """With several workers, a temporary folder they share, removed when the server stops:
+    Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
+    given by the operator is used as is), and the connection counts of server/balance.py."""
+    from server.balance import BALANCE_DIR_ENV, create_folder
     from server.metrics import MULTIPROCESS_ENV, multiprocess_dir
 
-    if workers < 2 or multiprocess_dir() is not None:
+    if workers < 2:
         yield
         return
-    folder = tempfile.mkdtemp(prefix="capserve-metrics-")
-    os.environ[MULTIPROCESS_ENV] = folder
+    folder = Path(tempfile.mkdtemp(prefix="capserve-workers-"))
+    added = {BALANCE_DIR_ENV: folder / "balance"}
+    if multiprocess_dir() is None:
+        added[MULTIPROCESS_ENV] = folder / "metrics"
+    for name, path in added.items():
+        path.mkdir()
+        os.environ[name] = str(path)
+    create_folder(added[BALANCE_DIR_ENV])
     try:
         yield
     finally:
-        del os.environ[MULTIPROCESS_ENV]
+        for name in added:
+            del os.environ[name]
         shutil.rmtree(folder, ignore_errors=True)
 
 

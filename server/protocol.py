@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol with ``TCP_NODELAY`` set on every connection.
+"""uvicorn's HTTP protocol with ``TCP_NODELAY`` on every connection and, with several workers,
+connection balancing (``server/balance.py``).
 
 With ``--workers`` above 1, uvicorn binds the listening socket itself as
 ``socket.socket(family)`` (protocol number 0); asyncio only sets ``TCP_NODELAY`` on accepted
@@ -11,12 +12,25 @@ here makes one and several workers behave the same.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from server import balance
+
 
 class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    def __init__(self, config, server_state, app_state, _loop=None, *, adopted: bool = False) -> None:
+        super().__init__(config=config, server_state=server_state, app_state=app_state, _loop=_loop)
+        self._adopted = adopted
+        self._counted = False
+        self._handed_off = False
+        self._balancer = balance.join(
+            functools.partial(type(self), config, server_state, app_state, adopted=True),
+            _loop or asyncio.get_running_loop(),
+        )
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -24,7 +38,23 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            if self._balancer is not None:
+                # Nothing has been read from the socket yet: a sibling can take it over whole.
+                if not self._adopted and self._balancer.accepted(sock):
+                    self._handed_off = True
+                    transport.abort()
+                    return
+                self._counted = True
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handed_off:
+            return  # handed over in connection_made: uvicorn never saw this connection
+        if self._counted:
+            self._counted = False
+            self._balancer.closed()
+        super().connection_lost(exc)
 
 
 HTTP_PROTOCOL = f"{__name__}:NoDelayHTTPProtocol"
+

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -126,3 +129,92 @@ def test_the_shared_socket_is_still_there_when_turned_off(registry_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _worker_connections(server_pid: int, port: int) -> dict[int, list[str]]:
+    """Sockets on 127.0.0.1:port (not listening) that each worker process holds, by state."""
+    states = {}
+    wanted = f"0100007F:{port:04X}"
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] != "0A":
+            states[fields[9]] = fields[3]
+    held = {}
+    for pid in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split():
+        if b"spawn_main" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            continue  # multiprocessing's resource tracker, not a worker
+        inodes = []
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in states:
+                inodes.append(states[target[8:-1]])
+        held[int(pid)] = inodes
+    return held
+
+
+def _http_request(sock: socket.socket, body: bytes) -> tuple[int, bytes]:
+    """One keep-alive POST /recognize/tiny on a raw socket: status and body."""
+    sock.sendall(b"POST /recognize/tiny HTTP/1.1\r\nhost: t\r\ncontent-type: image/png\r\n"
+                 + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split()[1]), rest
+
+
+def test_connections_are_spread_evenly_and_handed_over_intact(registry_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port),
+         "--workers", "2", "--log-level", "warning"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        while time.monotonic() < deadline and _listeners(port) < 2:
+            time.sleep(0.1)
+        # A worker joins the balancing on its first connection: 20 short ones reach both.
+        for _ in range(20):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        expected = httpx.post(f"http://127.0.0.1:{port}/recognize/tiny", content=png_bytes(), timeout=10).json()["text"]
+        # 40 connections open at once: the kernel's hash alone splits them 20/20 one time in eight.
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+        try:
+            for _ in range(2):  # keep-alive: a handed-over connection serves several requests
+                for sock in clients:
+                    status, body = _http_request(sock, png_bytes())
+                    assert status == 200 and json.loads(body)["text"] == expected
+            held = _worker_connections(proc.pid, port)
+            counts = sorted(len(states) for states in held.values())
+            assert len(counts) == 2 and sum(counts) == 40
+            assert counts[1] - counts[0] <= 1, held
+        finally:
+            for sock in clients:
+                sock.close()
+        # Closed by the clients: no worker keeps a handle on any of them.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_worker_connections(proc.pid, port).values()):
+            time.sleep(0.1)
+        assert not any(_worker_connections(proc.pid, port).values())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

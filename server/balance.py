@@ -1,0 +1,182 @@
+"""Even connection counts across worker processes: a worker hands surplus connections over.
+
+With a socket per worker (SO_REUSEPORT) the kernel spreads new connections by a hash of the
+client's address, so 64 connections land as 32/32 only on average: in 12 bursts of 64 wrk
+connections to 2 workers the busier one held 33 to 41 (BENCHMARKS.md). Every worker gets the
+same CPU, so a worker holding 41 connections answers each about 41/32 times slower, and tail
+latency follows it.
+
+So each worker, when it accepts a connection while a sibling holds fewer, passes the socket to
+that sibling (``SCM_RIGHTS`` over a Unix datagram socket) before reading a byte from it; the
+sibling adopts it into its event loop with ``loop.connect_accepted_socket``. The counts of
+open connections live in a small shared file, changed only under ``flock`` (a reservation is
+made for the receiver by the sender, so a burst of connections cannot overshoot). A handed-off
+connection is the same TCP connection: the client notices nothing.
+
+``capserve serve --workers N`` (N > 1) creates the folder and sets ``CAPSERVE_BALANCE_DIR``;
+``CAPSERVE_BALANCE=0`` turns balancing off. Each worker joins lazily, on its first accepted
+connection, which is when it knows how to build uvicorn's protocol for an adopted socket.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import mmap
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+
+BALANCE_DIR_ENV = "CAPSERVE_BALANCE_DIR"
+MAX_WORKERS = 256
+_SLOT = 2  # int64 fields per worker: pid, open connections (reserved ones included)
+
+
+class Balancer:
+    """One worker's side: its slot in the shared counts and its hand-off socket."""
+
+    def __init__(self, folder: Path, adopt: Callable[[socket.socket], None]) -> None:
+        self.folder = folder
+        self._adopt = adopt
+        self._file = open(folder / "counts", "r+b")
+        self._map = mmap.mmap(self._file.fileno(), MAX_WORKERS * _SLOT * 8)
+        self._fields = memoryview(self._map).cast("q")
+        self.pid = os.getpid()
+        with self._locked():
+            self.slot = self._claim_slot()
+        self._inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = self._address(self.slot)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._inbox.bind(path)
+        self._inbox.setblocking(False)
+        self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._outbox.setblocking(False)
+
+    # -- shared counts ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self):
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def _claim_slot(self) -> int:
+        """The first slot whose process is gone (or never was); a dead worker's count goes with it."""
+        for slot in range(MAX_WORKERS):
+            pid = self._fields[slot * _SLOT]
+            if pid == 0 or not _alive(pid):
+                self._fields[slot * _SLOT] = self.pid
+                self._fields[slot * _SLOT + 1] = 0
+                return slot
+        raise RuntimeError(f"more than {MAX_WORKERS} workers share {self.folder}")
+
+    def counts(self) -> dict[int, int]:
+        """Open connections by slot, for every worker that joined."""
+        fields = self._fields
+        return {s: fields[s * _SLOT + 1] for s in range(MAX_WORKERS) if fields[s * _SLOT]}
+
+    def _address(self, slot: int) -> str:
+        return str(self.folder / f"w{slot}.sock")
+
+    # -- connections --------------------------------------------------------------------------
+
+    def accepted(self, sock: socket.socket) -> bool:
+        """A connection this worker accepted: True if a sibling with fewer connections took it
+        (the caller then drops its own handle), False if it stays here (and is counted)."""
+        fields, mine = self._fields, self.slot * _SLOT + 1
+        with self._locked():
+            target, fewest = None, fields[mine]
+            for slot in range(MAX_WORKERS):
+                if fields[slot * _SLOT] and slot != self.slot and fields[slot * _SLOT + 1] < fewest:
+                    target, fewest = slot, fields[slot * _SLOT + 1]
+            if target is None:
+                fields[mine] += 1
+                return False
+            fields[target * _SLOT + 1] += 1  # reserved for the receiver until it closes the connection
+        try:
+            # (socket.send_fds ignores its address argument, so sendmsg it is.)
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
+            self._outbox.sendmsg([b"c"], rights, 0, self._address(target))
+            return True
+        except OSError as exc:
+            with self._locked():
+                fields[target * _SLOT + 1] -= 1
+                fields[mine] += 1
+                if isinstance(exc, (ConnectionRefusedError, FileNotFoundError)):
+                    fields[target * _SLOT] = 0  # that worker is gone; its slot is free again
+            return False
+
+    def closed(self) -> None:
+        """A connection counted here (accepted and kept, or adopted) has closed."""
+        with self._locked():
+            self._fields[self.slot * _SLOT + 1] -= 1
+
+    def receive(self) -> None:
+        """Adopt every socket siblings have sent (called when the inbox is readable)."""
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(self._inbox, 16, 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            for fd in fds:
+                self._adopt(socket.socket(fileno=fd))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._address(self.slot))
+        self._inbox.close()
+        self._outbox.close()
+        with self._locked():
+            if self._fields[self.slot * _SLOT] == self.pid:
+                self._fields[self.slot * _SLOT] = 0
+                self._fields[self.slot * _SLOT + 1] = 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def create_folder(folder: Path) -> None:
+    """Prepare ``folder`` for workers to join: the zeroed counts file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "counts").write_bytes(bytes(MAX_WORKERS * _SLOT * 8))
+
+
+_balancer: Balancer | None = None
+_joined = False
+
+
+def join(protocol_factory: Callable[[], asyncio.Protocol], loop: asyncio.AbstractEventLoop) -> Balancer | None:
+    """This worker's balancer, joining on the first call when ``CAPSERVE_BALANCE_DIR`` is set.
+
+    ``protocol_factory`` builds the protocol for an adopted socket (a connection a sibling sent).
+    """
+    global _balancer, _joined
+    if _joined:
+        return _balancer
+    _joined = True
+    folder = os.environ.get(BALANCE_DIR_ENV)
+    if not folder or os.environ.get("CAPSERVE_BALANCE", "1") == "0":
+        return None
+
+    def adopt(sock: socket.socket) -> None:
+        loop.create_task(loop.connect_accepted_socket(protocol_factory, sock))
+
+    try:
+        _balancer = Balancer(Path(folder), adopt)
+    except OSError:
+        return None  # no shared folder after all: every connection simply stays where it lands
+    loop.add_reader(_balancer._inbox.fileno(), _balancer.receive)
+    return _balancer
