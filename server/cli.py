@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from model_registry.errors import CapserveError
@@ -43,13 +40,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.lazy:
         os.environ["CAPSERVE_LAZY"] = "1"
     from server.protocol import HTTP_PROTOCOL
-    from server.workers import reuse_port_available, run_workers
+    from server.workers import reuse_port_available, run_workers, shared_state
 
     options = dict(
         factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         access_log=args.access_log, http=HTTP_PROTOCOL,
     )
-    with _shared_state(args.workers):
+    with shared_state(args.workers):
         # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
         # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
         if args.workers > 1 and reuse_port_available() and os.environ.get("CAPSERVE_REUSE_PORT", "1") != "0":
@@ -58,32 +55,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             uvicorn.run("server.app:create_app", **options)
     return 0
 
-
-@contextlib.contextmanager
-def _shared_state(workers: int):
-    """With several workers, a temporary folder they share, removed when the server stops:
-    Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
-    given by the operator is used as is), and the connection counts of server/balance.py."""
-    from server.balance import BALANCE_DIR_ENV, create_folder
-    from server.metrics import MULTIPROCESS_ENV, multiprocess_dir
-
-    if workers < 2:
-        yield
-        return
-    folder = Path(tempfile.mkdtemp(prefix="capserve-workers-"))
-    added = {BALANCE_DIR_ENV: folder / "balance"}
-    if multiprocess_dir() is None:
-        added[MULTIPROCESS_ENV] = folder / "metrics"
-    for name, path in added.items():
-        path.mkdir()
-        os.environ[name] = str(path)
-    create_folder(added[BALANCE_DIR_ENV])
-    try:
-        yield
-    finally:
-        for name in added:
-            del os.environ[name]
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -13,11 +13,19 @@ kept as is (restarts, health checks, signals); only the socket each worker recei
 the object handed to it is rebuilt in the worker, when the worker unpickles its arguments, as
 a new socket bound to the same address. The supervisor itself binds the address once (without
 listening) so that a port in use fails at once with a clear error.
+
+``shared_state`` makes the folder the workers share (Prometheus multiprocess files,
+connection balancing counts) for as long as the server runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
@@ -82,3 +90,30 @@ def run_workers(config: uvicorn.Config) -> None:
         Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]
     finally:
         reserved.close()
+
+
+@contextlib.contextmanager
+def shared_state(workers: int):
+    """With several workers, a temporary folder they share, removed when the server stops:
+    Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
+    given by the operator is used as is), and the connection counts of server/balance.py."""
+    from server.balance import BALANCE_DIR_ENV, create_folder
+    from server.metrics import MULTIPROCESS_ENV, multiprocess_dir
+
+    if workers < 2:
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="capserve-workers-"))
+    added = {BALANCE_DIR_ENV: folder / "balance"}
+    if multiprocess_dir() is None:
+        added[MULTIPROCESS_ENV] = folder / "metrics"
+    for name, path in added.items():
+        path.mkdir()
+        os.environ[name] = str(path)
+    create_folder(added[BALANCE_DIR_ENV])
+    try:
+        yield
+    finally:
+        for name in added:
+            del os.environ[name]
+        shutil.rmtree(folder, ignore_errors=True)

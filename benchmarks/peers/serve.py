@@ -1,6 +1,6 @@
 """Serve a peer app exactly as ``capserve serve`` serves capserve: the same uvicorn options,
 the same HTTP protocol class (TCP_NODELAY) and, with several workers, the same socket per
-worker (SO_REUSEPORT). Only the app differs.
+worker (SO_REUSEPORT) and connection balancing. Only the app differs.
 
     python -m benchmarks.peers.serve bare_app --port 8001 --workers 2
 """
@@ -12,7 +12,7 @@ import argparse
 import uvicorn
 
 from server.protocol import HTTP_PROTOCOL
-from server.workers import reuse_port_available, run_workers
+from server.workers import reuse_port_available, run_workers, shared_state
 
 
 def main() -> None:
@@ -26,10 +26,11 @@ def main() -> None:
     options = dict(factory=True, host=args.host, port=args.port, workers=args.workers, log_level="warning",
                    access_log=False, http=HTTP_PROTOCOL)
     app = f"benchmarks.peers.{args.module}:create_app"
-    if args.workers > 1 and reuse_port_available() and not args.shared_socket:
-        run_workers(uvicorn.Config(app, **options))
-    else:
-        uvicorn.run(app, **options)
+    with shared_state(args.workers):  # connection balancing, as capserve serve has it
+        if args.workers > 1 and reuse_port_available() and not args.shared_socket:
+            run_workers(uvicorn.Config(app, **options))
+        else:
+            uvicorn.run(app, **options)
 
 
 if __name__ == "__main__":
