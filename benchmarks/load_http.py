@@ -42,6 +42,7 @@ SERVERS = {
     "capserve": "capserve serve, every feature on",
     "capserve-stock-http": "the capserve app behind stock uvicorn (no TCP_NODELAY)",
     "capserve-shared-socket": "capserve serve with CAPSERVE_REUSE_PORT=0 (uvicorn's shared socket)",
+    "capserve-unbalanced": "capserve serve with CAPSERVE_BALANCE=0 (no connection hand-over between workers)",
     "bare": "bare LiteRT endpoint",
     "naive": "naive baseline (getpixel + tf.lite)",
     "ddddocr": "ddddocr general model in a wrapper",
@@ -184,6 +185,9 @@ def _server_argv(name: str, registry: Path, port: int, workers: int, stock_http:
     if name == "capserve-stock-http":  # the same app behind stock uvicorn (no TCP_NODELAY fix)
         env["CAPSERVE_REGISTRY"] = str(registry)
         return uvicorn_argv("server.app:create_app", port, workers, stock_http=True)
+    if name == "capserve-unbalanced":  # capserve serve without the connection hand-over
+        env["CAPSERVE_BALANCE"] = "0"
+        return capserve_argv(registry, port, workers)
     if name == "capserve-shared-socket":  # capserve serve with uvicorn's one shared socket
         env["CAPSERVE_REUSE_PORT"] = "0"
         return capserve_argv(registry, port, workers)
