@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,8 @@ SERVERS = {
     "ddddocr": "ddddocr general model in a wrapper",
 }
 PEER_MODULES = {"bare": "bare_app", "naive": "naive_app", "ddddocr": "ddddocr_app"}
+# Measured in every round when there are several: their ratio is the close comparison.
+REPEATED = ("capserve", "bare")
 SITE = "demo"
 
 # wrk script: cycle through pre-formatted requests; at the end write the summary as JSON.
@@ -233,7 +236,10 @@ def bench_server(name: str, *, registry: Path, entry: Path, samples, connections
 
 
 def run(servers: list[str], connections: list[int], methods: list[str], duration: float, warmup: float,
-        workers: int, n_samples: int = 64, stock_http: bool = False) -> dict:
+        workers: int, n_samples: int = 64, stock_http: bool = False, rounds: int = 1,
+        repeated: tuple[str, ...] = REPEATED) -> dict:
+    """Every server once; with ``rounds`` above 1 the ``repeated`` ones (the close comparison)
+    that many times, in alternating order, and each cell reported as the median of its rounds."""
     entry, entry_label = model_entry()
     spec = entry_spec(entry)
     samples = sample_images(spec.width, spec.height, spec.charset, spec.max_length, n_samples)
@@ -241,19 +247,46 @@ def run(servers: list[str], connections: list[int], methods: list[str], duration
     registry = work / "registry"
     make_registry(entry, registry, 1)
     results = {"model": entry_label, "workers": workers, "duration_s": duration, "samples": n_samples,
-               "image_bytes_mean": sum(len(d) for _, d in samples) / len(samples), "servers": []}
+               "image_bytes_mean": sum(len(d) for _, d in samples) / len(samples), "rounds": rounds,
+               "repeated": [n for n in servers if n.split("@")[0] in repeated] if rounds > 1 else [],
+               "servers": []}
+    measured: dict[str, list[dict]] = {name: [] for name in servers}
     try:
-        for name in servers:
-            print(f"{name}: {SERVERS.get(name, name)}", flush=True)
-            results["servers"].append(bench_server(
-                name, registry=registry, entry=entry, samples=samples, connections=connections, methods=methods,
-                duration=duration, warmup=warmup, workers=workers, work=work,
-                log=work / f"{name.replace('@', '-').replace('/', '_')}.log",
-                stock_http=stock_http,
-            ))
+        for round_ in range(rounds):
+            # Alternate the order so that a drift of the machine does not favour one server.
+            for name in servers if round_ % 2 == 0 else servers[::-1]:
+                if round_ and name not in results["repeated"]:
+                    continue
+                print(f"{name}: {SERVERS.get(name, name)}" + (f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""),
+                      flush=True)
+                measured[name].append(bench_server(
+                    name, registry=registry, entry=entry, samples=samples, connections=connections, methods=methods,
+                    duration=duration, warmup=warmup, workers=workers, work=work,
+                    log=work / f"{name.replace('@', '-').replace('/', '_')}.log",
+                    stock_http=stock_http,
+                ))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results["servers"] = [combine_rounds(measured[name]) for name in servers]
     return results
+
+
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One server's rounds as one result: per cell the median of req/s, latencies and CPU, the
+    sums of requests and errors, and every round's req/s and p99 under ``rounds``."""
+    if len(rounds) == 1:
+        return rounds[0]
+    combined = {**rounds[0], "runs": []}
+    for i, first in enumerate(rounds[0]["runs"]):
+        cells = [r["runs"][i] for r in rounds]
+        cell = {**first}
+        for field in ("rps", "p50_ms", "p99_ms", "p999_ms", "server_cpu_ms_per_request"):
+            cell[field] = statistics.median(c[field] for c in cells)
+        for field in ("requests", "errors"):
+            cell[field] = sum(c[field] for c in cells)
+        cell["rounds"] = [{"rps": c["rps"], "p99_ms": c["p99_ms"]} for c in cells]
+        combined["runs"].append(cell)
+    return combined
 
 
 def _workdir() -> Path:
@@ -302,6 +335,19 @@ def markdown(results: dict, reference: str = "ddddocr", bare: str = "bare") -> s
             c = plain.get(key)
             lines.append(f"| {key[0]} | {key[1]} | {r['rps'] / b['rps']:.2f} | {r['p99_ms'] / b['p99_ms']:.2f} | "
                          + (f"{r['rps'] / c['rps']:.2f} |" if c else "- |"))
+    spread = [s for s in results["servers"] if any("rounds" in r for r in s["runs"])]
+    if spread:
+        lines.append("")
+        lines.append(f"Rows of {', '.join(s['server'] for s in spread)} are medians of {results['rounds']} rounds, "
+                     "run in alternating order; each round's figures:")
+        lines.append("")
+        lines.append("| server | method | conns | req/s by round | p99 ms by round |")
+        lines.append("| --- | --- | ---: | --- | --- |")
+        for s in spread:
+            for r in s["runs"]:
+                lines.append(f"| {s['server']} | {r['method']} | {r['connections']} | "
+                             + ", ".join(f"{x['rps']:.0f}" for x in r["rounds"]) + " | "
+                             + ", ".join(f"{x['p99_ms']:.1f}" for x in r["rounds"]) + " |")
     lines.append("")
     lines.append("| server | ready after s | answered 200 (GET+POST) | text = label | same text as capserve (GET) | "
                  "RSS after load (all processes) MB |")
@@ -327,13 +373,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stock-http", action="store_true",
                         help="run the peers behind stock uvicorn, without capserve's TCP_NODELAY protocol class")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure capserve and bare this many times, interleaved, and report medians")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     started = time.time()
     results = run(args.servers.split(","), [int(c) for c in args.connections.split(",")],
-                  args.methods.split(","), args.duration, args.warmup, args.workers, stock_http=args.stock_http)
+                  args.methods.split(","), args.duration, args.warmup, args.workers, stock_http=args.stock_http,
+                  rounds=args.rounds)
     results["wall_s"] = time.time() - started
     print()
     print(markdown(results))

@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--growth-requests", type=int, help="requests for the RSS growth run (default 100000)")
     parser.add_argument("--repeat", type=int, help="start-ups per start-up row (default 5)")
     parser.add_argument("--servers", default="capserve,bare,naive,ddddocr")
+    parser.add_argument("--rounds", type=int,
+                        help="rounds of capserve and bare, interleaved, reported as medians (default 3, quick 1)")
     parser.add_argument("--also-python", metavar="PYTHON",
                         help="also run capserve and the bare endpoint with this interpreter (e.g. a venv that "
                              "adds httptools and uvloop), in the same run")
@@ -195,7 +197,8 @@ def main() -> None:
         if args.also_python:
             servers += [f"capserve@{args.also_python}", f"bare@{args.also_python}"]
         results["load"] = load_http.run(servers, [1, 16, 64], ["GET", "POST"], duration,
-                                        2 if args.quick else 5, args.workers)
+                                        2 if args.quick else 5, args.workers,
+                                        rounds=args.rounds or (1 if args.quick else 3))
     else:
         results["load"] = previous["load"]
     if "profile" not in skip:
