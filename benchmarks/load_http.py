@@ -374,7 +374,7 @@ def main() -> None:
     parser.add_argument("--stock-http", action="store_true",
                         help="run the peers behind stock uvicorn, without capserve's TCP_NODELAY protocol class")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="measure capserve and bare this many times, interleaved, and report medians")
+                        help="measure every server this many times, in alternating order, and report medians")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -382,7 +382,7 @@ def main() -> None:
     started = time.time()
     results = run(args.servers.split(","), [int(c) for c in args.connections.split(",")],
                   args.methods.split(","), args.duration, args.warmup, args.workers, stock_http=args.stock_http,
-                  rounds=args.rounds)
+                  rounds=args.rounds, repeated=tuple(args.servers.split(",")))
     results["wall_s"] = time.time() - started
     print()
     print(markdown(results))
