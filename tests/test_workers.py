@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -63,29 +64,43 @@ def test_a_port_in_use_is_refused():
         taken.close()
 
 
-def test_two_workers_listen_on_a_socket_each_and_serve(registry_dir):
+@contextlib.contextmanager
+def _two_workers(registry_dir, *, listeners: int = 2, **env: str):
+    """``capserve serve --workers 2`` on a free port, ready and with ``listeners`` listening
+    sockets; yields (process, port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port),
          "--workers", "2", "--log-level", "warning"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _listeners(port) < 2:
+        ready = False
+        while time.monotonic() < deadline and not (ready and _listeners(port) >= listeners):
             assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(0.1)
-        assert _listeners(port) == 2
-        while time.monotonic() < deadline:
             try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
+                ready = ready or httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        assert ready and _listeners(port) == listeners
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_two_workers_listen_on_a_socket_each_and_serve(registry_dir):
+    with _two_workers(registry_dir) as (_, port):
+        base = f"http://127.0.0.1:{port}"
         # 40 fresh connections (the kernel spreads them over both sockets): all answer.
         answers = [httpx.get(base + "/readyz", timeout=10).status_code for _ in range(40)]
         assert answers == [200] * 40
@@ -97,38 +112,11 @@ def test_two_workers_listen_on_a_socket_each_and_serve(registry_dir):
         assert 'capserve_requests_total{site="tiny",status="200"} 30.0' in metrics
         assert 'capserve_request_seconds_count{site="tiny"} 30.0' in metrics
         assert 'capserve_models{state="AVAILABLE"} 1.0' in metrics
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_shared_socket_is_still_there_when_turned_off(registry_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port),
-         "--workers", "2", "--log-level", "warning"],
-        cwd=REPO, env={**__import__("os").environ, "CAPSERVE_REUSE_PORT": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        ok = False
-        while time.monotonic() < deadline and not ok:
-            try:
-                ok = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert ok
-        assert _listeners(port) == 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with _two_workers(registry_dir, listeners=1, CAPSERVE_REUSE_PORT="0"):
+        pass  # _two_workers checks that the server is ready on exactly one listening socket
 
 
 def _worker_connections(server_pid: int, port: int) -> dict[int, list[str]]:
@@ -170,24 +158,7 @@ def _http_request(sock: socket.socket, body: bytes) -> tuple[int, bytes]:
 
 
 def test_connections_are_spread_evenly_and_handed_over_intact(registry_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port),
-         "--workers", "2", "--log-level", "warning"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        while time.monotonic() < deadline and _listeners(port) < 2:
-            time.sleep(0.1)
+    with _two_workers(registry_dir) as (proc, port):
         # A worker joins the balancing on its first connection: 20 short ones reach both.
         for _ in range(20):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
@@ -211,10 +182,3 @@ def test_connections_are_spread_evenly_and_handed_over_intact(registry_dir):
         while time.monotonic() < deadline and any(_worker_connections(proc.pid, port).values()):
             time.sleep(0.1)
         assert not any(_worker_connections(proc.pid, port).values())
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
