@@ -51,9 +51,9 @@ GROUPS = [
     ("endpoint (rest)", "peers/endpoint.py"),
     ("registry watcher thread", "model_registry/registry.py"),
     ("Starlette routing and middleware", "starlette/"),
-    ("uvicorn HTTP protocol (h11 parsing, writing)", "uvicorn/protocols/"),
-    ("uvicorn HTTP protocol (h11 parsing, writing)", "/h11/"),
-    ("uvicorn HTTP protocol (h11 parsing, writing)", "/httptools/"),
+    ("uvicorn HTTP protocol (parsing, writing)", "uvicorn/protocols/"),
+    ("uvicorn HTTP protocol (parsing, writing)", "/h11/"),
+    ("uvicorn HTTP protocol (parsing, writing)", "/httptools/"),
     ("asyncio event loop (transports, scheduling)", "asyncio/"),
 ]
 
