@@ -241,9 +241,7 @@ def fit(
 
     model = None
     if ckpt is not None and config.resume and (ckpt / "last.keras").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        if state.get("model_config") != model_config.to_dict() or state.get("charset") != charset:
-            raise ValueError(f"{ckpt}: the checkpoint was made for another model or charset; remove it or drop --resume")
+        state = _checkpoint_state(ckpt, model_config, charset, "; remove it or drop --resume")
         model = keras.models.load_model(ckpt / "last.keras", custom_objects={"ctc_loss": losses["ctc"]})
         history = [EpochRecord(**r) for r in state["history"]]
         initial_epoch = state["epoch"]
@@ -322,15 +320,21 @@ def fit(
     )
 
 
-def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: str) -> None:
-    """Start from the best weights of an earlier run (same model and charset), with a fresh
-    optimizer and learning-rate schedule: fine-tuning on new data, or a warm restart."""
+def _checkpoint_state(folder: Path, model_config: ModelConfig, charset: str, hint: str = "") -> dict:
+    """The ``state.json`` of a checkpoint folder, refused unless it was made for this model and charset."""
     try:
         state = json.loads((folder / "state.json").read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}: not a checkpoint folder (state.json: {exc})") from None
     if state.get("model_config") != model_config.to_dict() or state.get("charset") != charset:
-        raise ValueError(f"{folder}: the checkpoint was made for another model or charset")
+        raise ValueError(f"{folder}: the checkpoint was made for another model or charset{hint}")
+    return state
+
+
+def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: str) -> None:
+    """Start from the best weights of an earlier run (same model and charset), with a fresh
+    optimizer and learning-rate schedule: fine-tuning on new data, or a warm restart."""
+    state = _checkpoint_state(folder, model_config, charset)
     model.load_weights(folder / "best.weights.h5")
     _log(f"starting from the best weights of {folder} (epoch {state['best_epoch']}, "
          f"validation {state['best_accuracy']:.4f})")
