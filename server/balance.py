@@ -76,11 +76,6 @@ class Balancer:
                 return slot
         raise RuntimeError(f"more than {MAX_WORKERS} workers share {self.folder}")
 
-    def counts(self) -> dict[int, int]:
-        """Open connections by slot, for every worker that joined."""
-        fields = self._fields
-        return {s: fields[s * _SLOT + 1] for s in range(MAX_WORKERS) if fields[s * _SLOT]}
-
     def _address(self, slot: int) -> str:
         return str(self.folder / f"w{slot}.sock")
 
@@ -126,16 +121,6 @@ class Balancer:
                 return
             for fd in fds:
                 self._adopt(socket.socket(fileno=fd))
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._address(self.slot))
-        self._inbox.close()
-        self._outbox.close()
-        with self._locked():
-            if self._fields[self.slot * _SLOT] == self.pid:
-                self._fields[self.slot * _SLOT] = 0
-                self._fields[self.slot * _SLOT + 1] = 0
 
 
 def _alive(pid: int) -> bool:

@@ -56,7 +56,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def cmd_predict(args: argparse.Namespace) -> int:
     registry = _load_registry(args)
     model = registry.get(args.site)

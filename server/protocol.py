@@ -57,4 +57,3 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
 
 
 HTTP_PROTOCOL = f"{__name__}:NoDelayHTTPProtocol"
-
