@@ -24,11 +24,14 @@ import array
 import asyncio
 import contextlib
 import fcntl
+import functools
 import mmap
 import os
 import socket
 from pathlib import Path
 from typing import Callable
+
+from server import accept
 
 BALANCE_DIR_ENV = "CAPSERVE_BALANCE_DIR"
 MAX_WORKERS = 256
@@ -156,11 +159,8 @@ def join(protocol_factory: Callable[[], asyncio.Protocol], loop: asyncio.Abstrac
     if not folder or os.environ.get("CAPSERVE_BALANCE", "1") == "0":
         return None
 
-    def adopt(sock: socket.socket) -> None:
-        loop.create_task(loop.connect_accepted_socket(protocol_factory, sock))
-
     try:
-        _balancer = Balancer(Path(folder), adopt)
+        _balancer = Balancer(Path(folder), functools.partial(accept.start, loop, protocol_factory))
     except OSError:
         return None  # no shared folder after all: every connection simply stays where it lands
     loop.add_reader(_balancer._inbox.fileno(), _balancer.receive)

@@ -34,25 +34,23 @@ def _load_registry(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from server import workers
+    from server.protocol import HTTP_PROTOCOL
+
     # Worker processes build their own app, so the options travel by environment.
     if args.registry:
         os.environ["CAPSERVE_REGISTRY"] = os.pathsep.join(str(p.resolve()) for p in args.registry)
     if args.lazy:
         os.environ["CAPSERVE_LAZY"] = "1"
-    from server.protocol import HTTP_PROTOCOL
-    from server.workers import reuse_port_available, run_workers, shared_state
-
     options = dict(
         factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         access_log=args.access_log, http=HTTP_PROTOCOL,
     )
-    with shared_state(args.workers):
+    with workers.shared_state(args.workers):
         # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
         # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
-        if args.workers > 1 and reuse_port_available() and os.environ.get("CAPSERVE_REUSE_PORT", "1") != "0":
-            run_workers(uvicorn.Config("server.app:create_app", **options))
-        else:
-            uvicorn.run("server.app:create_app", **options)
+        shared_socket = os.environ.get("CAPSERVE_REUSE_PORT", "1") == "0"
+        workers.run(uvicorn.Config("server.app:create_app", **options), shared_socket=shared_socket)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""uvicorn's HTTP protocol with ``TCP_NODELAY`` on every connection and, with several workers,
-connection balancing (``server/balance.py``).
+"""uvicorn's HTTP protocol with ``TCP_NODELAY`` on every connection, every queued connection
+accepted at once (``server/accept.py``) and, with several workers, connection balancing
+(``server/balance.py``).
 
 With ``--workers`` above 1, uvicorn binds the listening socket itself as
 ``socket.socket(family)`` (protocol number 0); asyncio only sets ``TCP_NODELAY`` on accepted
@@ -17,7 +18,7 @@ import socket
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from server import balance
+from server import accept, balance
 
 
 class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
@@ -26,10 +27,7 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         self._adopted = adopted
         self._counted = False
         self._handed_off = False
-        self._balancer = balance.join(
-            functools.partial(type(self), config, server_state, app_state, adopted=True),
-            _loop or asyncio.get_running_loop(),
-        )
+        self._balancer = balance.join(self._factory(adopted=True), self.loop)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
@@ -38,6 +36,9 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            if not self._adopted:
+                for queued in accept.pending(sock):
+                    accept.start(self.loop, self._factory(adopted=False), queued)
             if self._balancer is not None:
                 # Nothing has been read from the socket yet: a sibling can take it over whole.
                 if not self._adopted and self._balancer.accepted(sock):
@@ -46,6 +47,10 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
                     return
                 self._counted = True
         super().connection_made(transport)
+
+    def _factory(self, *, adopted: bool):
+        """Builds this protocol for a connection the loop did not accept itself."""
+        return functools.partial(type(self), self.config, self.server_state, self.app_state, adopted=adopted)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handed_off:

@@ -1,4 +1,6 @@
-"""Several uvicorn workers, each with its own listening socket on the same port (SO_REUSEPORT).
+"""How ``capserve serve`` runs uvicorn: on listening sockets it binds itself, so that each
+worker can drain its accept queue at once (``server/accept.py``); with several workers, a
+socket each on the same port (SO_REUSEPORT).
 
 uvicorn's ``--workers`` shares one listening socket between the workers. When connections
 arrive together (a client pool opening, a load balancer reconnecting), whichever worker wakes
@@ -21,26 +23,32 @@ connection balancing counts) for as long as the server runs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
 import uvicorn
+
+from server import accept
 
 
 def reuse_port_available() -> bool:
     return hasattr(socket, "SO_REUSEPORT")
 
 
-def bind_reuse_port(host: str, port: int, *, listen: bool = True, backlog: int = 2048) -> socket.socket:
-    """A TCP socket bound to ``(host, port)`` with SO_REUSEPORT (listening unless ``listen`` is False)."""
+def bind(host: str, port: int, *, reuse_port: bool, listen: bool = True, backlog: int = 2048) -> socket.socket:
+    """A TCP socket bound to ``(host, port)``, with SO_REUSEPORT if ``reuse_port`` (listening
+    unless ``listen`` is False)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         if listen:
             sock.listen(backlog)
@@ -62,29 +70,62 @@ class WorkerSocket:
 
 
 def _listening_socket(host: str, port: int, backlog: int) -> socket.socket:
-    return bind_reuse_port(host, port, listen=True, backlog=backlog)
+    return accept.listening(bind(host, port, reuse_port=True, backlog=backlog))
 
 
-def run_workers(config: uvicorn.Config) -> None:
-    """Run ``config.workers`` uvicorn workers, each on its own SO_REUSEPORT socket."""
-    from uvicorn.supervisors.multiprocess import Multiprocess
+def run(config: uvicorn.Config, *, shared_socket: bool = False) -> None:
+    """Serve ``config``: one worker on a listening socket bound here; several on a SO_REUSEPORT
+    socket each, or with ``shared_socket`` (or no SO_REUSEPORT) on uvicorn's one shared socket,
+    which is not drained."""
+    if config.workers < 2:
+        _run_one(config)
+    elif shared_socket or not reuse_port_available():
+        from uvicorn.supervisors.multiprocess import Multiprocess
 
-    import logging
-    import sys
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        _run_workers(config)
 
+
+def _run_one(config: uvicorn.Config) -> None:
+    from uvicorn.config import STARTUP_FAILURE
+
+    sock = _bind_or_exit(config, reuse_port=False, listen=True)
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", _url(host, port))
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[accept.listening(sock)])
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on
+        pass
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _bind_or_exit(config: uvicorn.Config, *, reuse_port: bool, listen: bool) -> socket.socket:
     from uvicorn.config import STARTUP_FAILURE
 
     try:
-        reserved = bind_reuse_port(config.host, config.port, listen=False)
+        return bind(config.host, config.port, reuse_port=reuse_port, listen=listen, backlog=config.backlog)
     except OSError as exc:
         logging.getLogger("uvicorn.error").error("cannot bind %s:%s: %s", config.host, config.port, exc)
         sys.exit(STARTUP_FAILURE)
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    """Run ``config.workers`` uvicorn workers, each on its own SO_REUSEPORT socket."""
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    reserved = _bind_or_exit(config, reuse_port=True, listen=False)
     port = reserved.getsockname()[1]
     try:
         config.port = port
         logging.getLogger("uvicorn.error").info(
-            "Uvicorn running on http://%s:%d with %d workers, a socket each (SO_REUSEPORT)",
-            config.host, port, config.workers,
+            "Uvicorn running on %s with %d workers, a socket each (SO_REUSEPORT)", _url(config.host, port), config.workers
         )
         sockets = [WorkerSocket(config.host, port, config.backlog)]
         Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]

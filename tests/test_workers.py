@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.workers import WorkerSocket, bind_reuse_port, reuse_port_available
+from server.workers import WorkerSocket, bind, reuse_port_available
 from tests.conftest import REPO, png_bytes
 
 pytestmark = pytest.mark.skipif(not reuse_port_available(), reason="needs SO_REUSEPORT")
@@ -33,7 +33,7 @@ def _listeners(port: int) -> int:
 
 
 def test_a_worker_socket_unpickles_as_a_new_listening_socket_on_the_same_port():
-    reserved = bind_reuse_port("127.0.0.1", 0, listen=False)
+    reserved = bind("127.0.0.1", 0, reuse_port=True, listen=False)
     port = reserved.getsockname()[1]
     try:
         a = pickle.loads(pickle.dumps(WorkerSocket("127.0.0.1", port, 16)))
@@ -59,7 +59,7 @@ def test_a_port_in_use_is_refused():
     taken.listen()
     try:
         with pytest.raises(OSError):
-            bind_reuse_port("127.0.0.1", taken.getsockname()[1], listen=False)
+            bind("127.0.0.1", taken.getsockname()[1], reuse_port=True, listen=False)
     finally:
         taken.close()
 

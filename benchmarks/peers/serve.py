@@ -12,7 +12,7 @@ import argparse
 import uvicorn
 
 from server.protocol import HTTP_PROTOCOL
-from server.workers import reuse_port_available, run_workers, shared_state
+from server import workers
 
 
 def main() -> None:
@@ -26,11 +26,8 @@ def main() -> None:
     options = dict(factory=True, host=args.host, port=args.port, workers=args.workers, log_level="warning",
                    access_log=False, http=HTTP_PROTOCOL)
     app = f"benchmarks.peers.{args.module}:create_app"
-    with shared_state(args.workers):  # connection balancing, as capserve serve has it
-        if args.workers > 1 and reuse_port_available() and not args.shared_socket:
-            run_workers(uvicorn.Config(app, **options))
-        else:
-            uvicorn.run(app, **options)
+    with workers.shared_state(args.workers):  # connection balancing, as capserve serve has it
+        workers.run(uvicorn.Config(app, **options), shared_socket=args.shared_socket)
 
 
 if __name__ == "__main__":
