@@ -4,8 +4,10 @@ Every server runs as its own process group behind uvicorn with the same settings
 worker count, log level warning, no access log, uvicorn's `auto` loop and HTTP parser: uvloop and httptools, dependencies of capserve);
 wrk runs in a separate process. For each server, method (GET ``?base64Image=``, POST JSON)
 and connection count, wrk runs for ``--duration`` seconds after a short warm-up, cycling
-through the same sample captchas. Reported: requests/s, p50/p99/p99.9 latency (wrk's own
-histogram), and errors (non-2xx answers plus socket errors and timeouts).
+through the same sample captchas. Reported: requests/s, p50/p99/p99.9 and max latency (wrk's
+own histogram, which wrk corrects for coordinated omission: a request that took k times the
+mean interval between requests of a connection adds k-1 made-up samples below it), and
+errors (non-2xx answers plus socket errors and timeouts).
 
     python benchmarks/load_http.py [--servers capserve,bare,naive,ddddocr] [--connections 1,16,64]
         [--methods GET,POST] [--duration 10] [--workers 2] [--json out.json]
@@ -273,7 +275,7 @@ def run(servers: list[str], connections: list[int], methods: list[str], duration
 
 def combine_rounds(rounds: list[dict]) -> dict:
     """One server's rounds as one result: per cell the median of req/s, latencies and CPU, the
-    sums of requests and errors, and every round's req/s and p99 under ``rounds``."""
+    sums of requests and errors, the largest max latency, and every round's req/s and p99 under ``rounds``."""
     if len(rounds) == 1:
         return rounds[0]
     combined = {**rounds[0], "runs": []}
@@ -284,6 +286,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
             cell[field] = statistics.median(c[field] for c in cells)
         for field in ("requests", "errors"):
             cell[field] = sum(c[field] for c in cells)
+        cell["max_ms"] = max(c["max_ms"] for c in cells)
         cell["rounds"] = [{"rps": c["rps"], "p99_ms": c["p99_ms"]} for c in cells]
         combined["runs"].append(cell)
     return combined
@@ -298,12 +301,12 @@ def markdown(results: dict, reference: str = "ddddocr", bare: str = "bare") -> s
     """The tables: absolute numbers per server, then ratios to ddddocr and to the bare endpoint."""
     lines = []
     by_name = {s["server"]: s for s in results["servers"]}
-    lines.append("| server | method | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | requests | server CPU ms/request |")
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| server | method | conns | req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | requests | server CPU ms/request |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for s in results["servers"]:
         for r in s["runs"]:
             lines.append(f"| {s['server']} | {r['method']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                         f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} | {r['requests']} | "
+                         f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r.get('max_ms', float('nan')):.1f} | {r['errors']} | {r['requests']} | "
                          f"{r.get('server_cpu_ms_per_request', float('nan')):.3f} |")
     if "capserve" in by_name:
         lines.append("")

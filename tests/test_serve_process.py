@@ -96,3 +96,51 @@ def test_hot_reload_in_a_running_server(server, registry_dir, tiny_model_bytes):
     assert r.status_code == 200 and r.json()["site"] == "later"
     models = httpx.get(server + "/v1/models").json()["models"]
     assert {m["site"] for m in models} == {"tiny", "later"}
+
+
+def test_a_burst_of_new_connections_is_answered_on_every_connection(server, registry_dir):
+    """Connections queued together are accepted together (server/accept.py); each one is
+    still served whole, in order, over keep-alive."""
+    img = png_bytes("4242")
+    local = Registry([registry_dir])
+    local.refresh()
+    expected = local.get("tiny").recognize(img).text
+    query = base64.urlsafe_b64encode(img).decode()
+    request = f"GET /recognize/tiny?base64Image={query} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    host, port = server.removeprefix("http://").split(":")
+    clients = [socket.create_connection((host, int(port)), timeout=30) for _ in range(48)]
+    try:
+        for _ in range(2):  # the second request reuses every connection
+            for client in clients:
+                client.sendall(request)
+            for client in clients:
+                head, body = _read_response(client)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert b'"text":"' + expected.encode() + b'"' in body
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or pytest.fail("connection closed")
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536) or pytest.fail("connection closed")
+    return head, body
+
+
+def test_a_port_in_use_fails_at_once_with_a_clear_message(registry_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port)],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+    assert proc.returncode == 3  # uvicorn's STARTUP_FAILURE
+    assert f"cannot bind 127.0.0.1:{port}" in proc.stderr
