@@ -17,12 +17,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from model_registry.errors import CapserveError, RecognitionFailed, UnknownSite
+from model_registry.model import Recognition
 from model_registry.registry import Registry
 from plugins import manager
 from server.metrics import Metrics
 from server.openapi import openapi_schema
 from server.access import Access
-from server.parsing import image_bytes, read_body
+from server.parsing import image_bytes, read_body, wants_details
 from server.responses import FastJSONResponse, error_response
 from server.settings import Settings
 
@@ -54,6 +55,7 @@ def create_app(
                 access.check_signature(
                     request.headers, request.method, request.url.path, request.url.query, body
                 )
+            details = wants_details(request)
             model = registry.get(site)
             served = site
             data = await image_bytes(request, body, settings.max_body_bytes)
@@ -63,16 +65,17 @@ def create_app(
         except Exception as exc:  # never let one request take the worker down
             response = error_response(RecognitionFailed(f"{type(exc).__name__}: {exc}"))
         else:
-            response = FastJSONResponse(
-                {
-                    "ok": True,
-                    "site": site,
-                    "version": model.spec.version,
-                    "text": result.text,
-                    "confidence": round(result.confidence, 4),
-                    "elapsed_ms": round((time.perf_counter() - started) * 1e3, 3),
-                }
-            )
+            answer = {
+                "ok": True,
+                "site": site,
+                "version": model.spec.version,
+                "text": result.text,
+                "confidence": round(result.confidence, 4),
+                "elapsed_ms": round((time.perf_counter() - started) * 1e3, 3),
+            }
+            if details:
+                answer.update(_details(result))
+            response = FastJSONResponse(answer)
         metrics.observe(served, response.status_code, time.perf_counter() - started)
         return response
 
@@ -146,6 +149,18 @@ def create_app(
     app.state.registry = registry
     app.state.settings = settings
     return app
+
+
+def _details(result: Recognition) -> dict[str, Any]:
+    """What ``?details=true`` adds: the decoder's text before post-processing, each of its
+    characters with its probability, and where the time went."""
+    return {
+        "raw_text": result.raw_text,
+        "characters": [
+            {"char": char, "confidence": round(p, 4)} for char, p in zip(result.raw_text, result.char_confidences)
+        ],
+        "timings_ms": {stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
+    }
 
 
 def registry_from_settings(settings: Settings) -> Registry:

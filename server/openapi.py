@@ -29,6 +29,21 @@ _RESULT = {
         "text": {"type": "string"},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "elapsed_ms": {"type": "number"},
+        "raw_text": {"type": "string", "description": "with ?details=true: the decoder's text before post-processing"},
+        "characters": {
+            "type": "array",
+            "description": "with ?details=true: each character of raw_text with its probability",
+            "items": {
+                "type": "object",
+                "required": ["char", "confidence"],
+                "properties": {"char": {"type": "string"}, "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
+            },
+        },
+        "timings_ms": {
+            "type": "object",
+            "description": "with ?details=true: milliseconds spent decoding, preprocessing, in the model and post-processing",
+            "additionalProperties": {"type": "number"},
+        },
     },
 }
 
@@ -50,6 +65,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 _SITE = {"name": "site", "in": "path", "required": True, "schema": {"type": "string", "pattern": SITE_PATTERN.pattern}}
+_DETAILS = {"name": "details", "in": "query", "required": False, "schema": {"type": "boolean"},
+            "description": "also answer raw_text, characters (with their probabilities) and timings_ms"}
 _RECOGNIZE_ERRORS = _errors(400, 404, 413, 415, 422, 503)
 
 
@@ -67,12 +84,13 @@ def openapi_schema() -> dict[str, Any]:
                         _SITE,
                         {"name": "base64Image", "in": "query", "required": True, "schema": {"type": "string"},
                          "description": "the image, base64 (standard or URL-safe, padding optional) or a data URI"},
+                        _DETAILS,
                     ],
                     "responses": {"200": _json({"$ref": "#/components/schemas/Result"}, "recognized"), **_RECOGNIZE_ERRORS},
                 },
                 "post": {
                     "summary": "Recognize a captcha sent as JSON, a multipart file or raw bytes",
-                    "parameters": [_SITE],
+                    "parameters": [_SITE, _DETAILS],
                     "requestBody": {
                         "required": True,
                         "content": {

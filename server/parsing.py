@@ -20,6 +20,7 @@ from starlette.requests import Request
 from model_registry.errors import BadBase64, BadRequest, BadJSON, MissingImage, PayloadTooLarge, UnsupportedMediaType
 
 IMAGE_FIELDS = ("base64Image", "image")
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 _DATA_URI = re.compile(r"data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -100,6 +101,17 @@ async def _from_form(request: Request, body: bytes, max_bytes: int) -> bytes:
     finally:
         await form.close()
     raise MissingImage('the form has no "image" field')
+
+
+def wants_details(request: Request) -> bool:
+    """``?details=true``: answer with the per-character confidences and timings as well."""
+    value = request.query_params.get("details")
+    if value is None:
+        return False
+    flag = _FLAGS.get(value.strip().lower())
+    if flag is None:
+        raise BadRequest(f"details must be true or false, not {value[:32]!r}", code="bad_parameter")
+    return flag
 
 
 async def image_bytes(request: Request, body: bytes, max_bytes: int) -> bytes:

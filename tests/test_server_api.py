@@ -52,6 +52,35 @@ def test_every_input_form_gives_the_same_answer(client, png):
         assert r.json()["text"] == expected
 
 
+DETAIL_FIELDS = {"raw_text", "characters", "timings_ms"}
+
+
+def test_details_add_each_characters_confidence_and_the_timings(client, png):
+    plain = client.get("/recognize/tiny", params={"base64Image": b64(png)}).json()
+    assert not DETAIL_FIELDS & set(plain)
+    for r in (
+        client.get("/recognize/tiny", params={"base64Image": b64(png), "details": "true"}),
+        client.post("/recognize/tiny?details=1", json={"image": b64(png)}),
+    ):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["text"] == plain["text"] == body["raw_text"]  # the tiny entry has no post-processing
+        assert "".join(c["char"] for c in body["characters"]) == body["raw_text"]
+        assert all(0 < c["confidence"] <= 1 for c in body["characters"])
+        product = 1.0
+        for c in body["characters"]:
+            product *= c["confidence"]
+        assert product == pytest.approx(body["confidence"], abs=1e-3)
+        assert set(body["timings_ms"]) == {"decode", "preprocess", "invoke", "postprocess"}
+        assert all(ms >= 0 for ms in body["timings_ms"].values())
+        assert sum(body["timings_ms"].values()) <= body["elapsed_ms"] + 0.01
+
+
+def test_details_false_answers_as_without(client, png):
+    body = client.get("/recognize/tiny", params={"base64Image": b64(png), "details": "false"}).json()
+    assert body["ok"] is True and not DETAIL_FIELDS & set(body)
+
+
 @pytest.mark.parametrize(
     "request_kwargs, status, code",
     [
@@ -65,6 +94,7 @@ def test_every_input_form_gives_the_same_answer(client, png):
         ({"method": "GET", "url": "/recognize/tiny", "params": {"base64Image": b64(b"GIF89a-truncated")}}, 422, "bad_image"),
         ({"method": "POST", "url": "/recognize/tiny", "content": b"x" * (65 * 1024)}, 413, "body_too_large"),
         ({"method": "POST", "url": "/recognize/tiny", "content": b"<xml/>", "headers": {"content-type": "application/xml"}}, 415, "unsupported_media_type"),
+        ({"method": "GET", "url": "/recognize/tiny", "params": {"base64Image": "aGk=", "details": "maybe"}}, 400, "bad_parameter"),
     ],
 )
 def test_error_statuses(client, request_kwargs, status, code):
