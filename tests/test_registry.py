@@ -181,3 +181,27 @@ def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_by
     with pytest.raises(UnknownSite):
         registry.get("bad")
     assert registry.site_entries("bad")[0].state == FAILED
+
+
+def test_loading_runs_a_blank_image_through_the_whole_path(registry_dir, monkeypatch):
+    from model_registry.model import Model
+
+    seen = []
+    recognize = Model.recognize
+
+    def spy(self, data):
+        seen.append(data)
+        return recognize(self, data)
+
+    monkeypatch.setattr(Model, "recognize", spy)
+    load_one(registry_dir)
+    assert len(seen) == 1 and seen[0].startswith(b"\x89PNG")
+
+
+def test_a_warm_up_the_entry_cannot_answer_does_not_fail_it(registry_dir):
+    from plugins.images import ImageLimits
+
+    registry = Registry([registry_dir], limits=ImageLimits(formats=("JPEG",)))  # the blank image is a PNG
+    registry.refresh()
+    assert registry.sites() == ["tiny"]
+    assert [e.state for e in registry.entries()] == [AVAILABLE]
