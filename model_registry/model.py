@@ -34,6 +34,17 @@ class Recognition:
     char_confidences: tuple[float, ...]
     timings_ms: dict[str, float]
 
+    def details(self) -> dict[str, Any]:
+        """The decoder's text before post-processing, each of its characters with its
+        probability, and where the time went (``?details=true``, ``capserve predict --details``)."""
+        return {
+            "raw_text": self.raw_text,
+            "characters": [
+                {"char": char, "confidence": round(p, 4)} for char, p in zip(self.raw_text, self.char_confidences)
+            ],
+            "timings_ms": {stage: round(ms, 3) for stage, ms in self.timings_ms.items()},
+        }
+
 
 class Model:
     """One servable entry: its spec, its interpreter pool and its compiled chains."""

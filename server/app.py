@@ -17,7 +17,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from model_registry.errors import CapserveError, RecognitionFailed, UnknownSite
-from model_registry.model import Recognition
 from model_registry.registry import Registry
 from plugins import manager
 from server.metrics import Metrics
@@ -74,7 +73,7 @@ def create_app(
                 "elapsed_ms": round((time.perf_counter() - started) * 1e3, 3),
             }
             if details:
-                answer.update(_details(result))
+                answer.update(result.details())
             response = FastJSONResponse(answer)
         metrics.observe(served, response.status_code, time.perf_counter() - started)
         return response
@@ -149,18 +148,6 @@ def create_app(
     app.state.registry = registry
     app.state.settings = settings
     return app
-
-
-def _details(result: Recognition) -> dict[str, Any]:
-    """What ``?details=true`` adds: the decoder's text before post-processing, each of its
-    characters with its probability, and where the time went."""
-    return {
-        "raw_text": result.raw_text,
-        "characters": [
-            {"char": char, "confidence": round(p, 4)} for char, p in zip(result.raw_text, result.char_confidences)
-        ],
-        "timings_ms": {stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
-    }
 
 
 def registry_from_settings(settings: Settings) -> Registry:

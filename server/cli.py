@@ -65,8 +65,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{path}: error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        if args.json:
-            print(json.dumps({"image": str(path), "text": result.text, "confidence": round(result.confidence, 4)}))
+        if args.json or args.details:
+            answer = {"image": str(path), "text": result.text, "confidence": round(result.confidence, 4)}
+            print(json.dumps({**answer, **result.details()} if args.details else answer))
         else:
             print(result.text if len(args.images) == 1 else f"{path}\t{result.text}")
     return 1 if failures else 0
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_args(predict)
     predict.add_argument("--site", required=True)
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument("--details", action="store_true",
+                         help="JSON with each character's probability, the raw decoder text and timings")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(func=cmd_predict)
 
