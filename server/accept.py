@@ -18,7 +18,7 @@ import asyncio
 import socket
 from typing import Callable, Iterator
 
-MAX_BATCH = 256  # connections taken per drain; the loop's next turn picks up any beyond
+MAX_BATCH = 256  # connections taken per call; each of them drains again when it starts
 
 _listeners: list[tuple[socket.socket, int]] = []  # (socket, port)
 
@@ -46,14 +46,28 @@ def pending(conn: socket.socket) -> Iterator[socket.socket]:
         yield queued
 
 
-def start(loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], asyncio.Protocol], sock: socket.socket) -> None:
-    """Serve a connection accepted outside the loop's own accept (drained, or handed over)."""
+def start(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    sock: socket.socket,
+    *,
+    failed: Callable[[], None] | None = None,
+) -> None:
+    """Serve a connection accepted outside the loop's own accept (drained, or handed over);
+    if it cannot be set up, close it and call ``failed``."""
 
-    def failed(task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            sock.close()  # e.g. reset before it was set up: nothing else holds it
+    def done(task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is not None:
+            sock.close()  # e.g. reset before it was set up, or the loop stopping: nothing else holds it
+            if failed is not None:
+                failed()
 
-    loop.create_task(loop.connect_accepted_socket(protocol_factory, sock)).add_done_callback(failed)
+    loop.create_task(loop.connect_accepted_socket(protocol_factory, sock)).add_done_callback(done)
+
+
+def stopped() -> bool:
+    """True once every listening socket this process registered has been closed (shutdown)."""
+    return bool(_listeners) and all(listener.fileno() == -1 for listener, _ in _listeners)
 
 
 def _listener_of(conn: socket.socket) -> socket.socket | None:

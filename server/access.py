@@ -97,7 +97,12 @@ def load_keys(env: dict[str, str] | None = None) -> list[ApiKey]:
 
 
 def _keys_from_file(path: Path) -> list[ApiKey]:
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: not valid YAML: {exc}") from None
     items = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise ValueError(f"{path}: must hold a list under 'keys'")

@@ -13,6 +13,10 @@ open connections live in a small shared file, changed only under ``flock`` (a re
 made for the receiver by the sender, so a burst of connections cannot overshoot). A handed-off
 connection is the same TCP connection: the client notices nothing.
 
+A worker that is stopping (uvicorn asks its connections to shut down, or its listening socket
+is closed) marks its count as full, so siblings stop choosing it, and passes on anything
+already on its way; at exit it frees its slot and removes its hand-off socket.
+
 ``capserve serve --workers N`` (N > 1) creates the folder and sets ``CAPSERVE_BALANCE_DIR``;
 ``CAPSERVE_BALANCE=0`` turns balancing off. Each worker joins lazily, on its first accepted
 connection, which is when it knows how to build uvicorn's protocol for an adopted socket.
@@ -22,9 +26,9 @@ from __future__ import annotations
 
 import array
 import asyncio
+import atexit
 import contextlib
 import fcntl
-import functools
 import mmap
 import os
 import socket
@@ -36,28 +40,43 @@ from server import accept
 BALANCE_DIR_ENV = "CAPSERVE_BALANCE_DIR"
 MAX_WORKERS = 256
 _SLOT = 2  # int64 fields per worker: pid, open connections (reserved ones included)
+LEAVING = 1 << 40  # the count of a worker that is stopping: never the fewest
 
 
 class Balancer:
     """One worker's side: its slot in the shared counts and its hand-off socket."""
 
-    def __init__(self, folder: Path, adopt: Callable[[socket.socket], None]) -> None:
+    def __init__(
+        self, folder: Path, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], asyncio.Protocol]
+    ) -> None:
         self.folder = folder
-        self._adopt = adopt
-        self._file = open(folder / "counts", "r+b")
-        self._map = mmap.mmap(self._file.fileno(), MAX_WORKERS * _SLOT * 8)
-        self._fields = memoryview(self._map).cast("q")
         self.pid = os.getpid()
-        with self._locked():
-            self.slot = self._claim_slot()
-        self._inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        path = self._address(self.slot)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        self._inbox.bind(path)
-        self._inbox.setblocking(False)
-        self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._outbox.setblocking(False)
+        self.leaving = False
+        self._loop = loop
+        self._protocol_factory = protocol_factory
+        with contextlib.ExitStack() as stack:
+            self._file = stack.enter_context(open(folder / "counts", "r+b"))
+            self._map = stack.enter_context(mmap.mmap(self._file.fileno(), MAX_WORKERS * _SLOT * 8))
+            self._fields = memoryview(self._map).cast("q")
+            stack.callback(self._fields.release)  # before the map closes
+            with self._locked():
+                self.slot = self._claim_slot()
+            stack.callback(self._free_slot)
+            self._inbox = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            path = self._address(self.slot)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self._inbox.bind(path)
+            stack.callback(_unlink, path)
+            self._inbox.setblocking(False)
+            self._outbox = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            self._outbox.setblocking(False)
+            self._resources = stack.pop_all()
+
+    def close(self) -> None:
+        """At exit: free the slot and remove the hand-off socket; a sibling that still picks
+        this worker then fails to send and keeps the connection."""
+        self._resources.close()
 
     # -- shared counts ------------------------------------------------------------------------
 
@@ -78,6 +97,10 @@ class Balancer:
                 self._fields[slot * _SLOT + 1] = 0
                 return slot
         raise RuntimeError(f"more than {MAX_WORKERS} workers share {self.folder}")
+
+    def _free_slot(self) -> None:
+        with self._locked():
+            self._fields[self.slot * _SLOT] = self._fields[self.slot * _SLOT + 1] = 0
 
     def _address(self, slot: int) -> str:
         return str(self.folder / f"w{slot}.sock")
@@ -115,15 +138,34 @@ class Balancer:
         with self._locked():
             self._fields[self.slot * _SLOT + 1] -= 1
 
+    def leave(self) -> None:
+        """This worker is stopping: its count reads as full, so siblings stop handing it connections."""
+        if not self.leaving:
+            self.leaving = True
+            with self._locked():
+                self._fields[self.slot * _SLOT + 1] = LEAVING
+
     def receive(self) -> None:
-        """Adopt every socket siblings have sent (called when the inbox is readable)."""
+        """Adopt every socket siblings have sent (called when the inbox is readable); once this
+        worker is stopping, pass them on to a sibling that still serves."""
         while True:
             try:
                 _, fds, _, _ = socket.recv_fds(self._inbox, 16, 16)
             except (BlockingIOError, InterruptedError):
                 return
             for fd in fds:
-                self._adopt(socket.socket(fileno=fd))
+                sock = socket.socket(fileno=fd)
+                if self.leaving or accept.stopped():
+                    self.leave()
+                    if not self.accepted(sock):
+                        sock.close()  # every worker is stopping
+                else:
+                    accept.start(self._loop, self._protocol_factory, sock, failed=self.closed)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _alive(pid: int) -> bool:
@@ -160,8 +202,9 @@ def join(protocol_factory: Callable[[], asyncio.Protocol], loop: asyncio.Abstrac
         return None
 
     try:
-        _balancer = Balancer(Path(folder), functools.partial(accept.start, loop, protocol_factory))
-    except OSError:
-        return None  # no shared folder after all: every connection simply stays where it lands
+        _balancer = Balancer(Path(folder), loop, protocol_factory)
+    except (OSError, ValueError, RuntimeError):
+        return None  # no usable shared folder: every connection simply stays where it lands
     loop.add_reader(_balancer._inbox.fileno(), _balancer.receive)
+    atexit.register(_balancer.close)
     return _balancer

@@ -42,6 +42,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CAPSERVE_REGISTRY"] = os.pathsep.join(str(p.resolve()) for p in args.registry)
     if args.lazy:
         os.environ["CAPSERVE_LAZY"] = "1"
+    problem = _settings_problem()
+    if problem is not None:
+        print(f"capserve: cannot start: {problem}", file=sys.stderr)
+        return 3  # uvicorn's exit code for a server that failed to start
     options = dict(
         factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         access_log=args.access_log, http=HTTP_PROTOCOL,
@@ -52,6 +56,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shared_socket = os.environ.get("CAPSERVE_REUSE_PORT", "1") == "0"
         workers.run(uvicorn.Config("server.app:create_app", **options), shared_socket=shared_socket)
     return 0
+
+
+def _settings_problem() -> str | None:
+    """What is wrong with the environment's settings, found before any worker starts (a worker
+    that fails on them would be restarted over and over by uvicorn's supervisor)."""
+    import yaml
+
+    from server.access import Access
+    from server.settings import Settings
+
+    try:
+        Settings()
+        Access.from_env()
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return str(exc)
+    return None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

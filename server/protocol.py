@@ -2,12 +2,12 @@
 accepted at once (``server/accept.py``) and, with several workers, connection balancing
 (``server/balance.py``).
 
-With ``--workers`` above 1, uvicorn binds the listening socket itself as
-``socket.socket(family)`` (protocol number 0); asyncio only sets ``TCP_NODELAY`` on accepted
-sockets whose protocol is ``IPPROTO_TCP``, so worker connections keep Nagle's algorithm. A
-response goes out as two writes (headers, then body), and the second waits for the client's
-delayed ACK: about 40 ms per request on Linux, whatever the model costs. Setting the option
-here makes one and several workers behave the same.
+A response goes out as two writes (headers, then body); without ``TCP_NODELAY`` the second
+waits for the client's delayed ACK, about 40 ms per request on Linux whatever the model costs.
+uvloop sets the option on every connection, and asyncio on connections of sockets created
+with protocol ``IPPROTO_TCP`` (as ``server/workers.py`` binds them), but not on those of
+uvicorn's own ``--workers`` socket (``socket.socket(family)``, protocol 0), which serves with
+``CAPSERVE_REUSE_PORT=0``. Setting it here makes every loop and socket behave the same.
 """
 
 from __future__ import annotations
@@ -55,10 +55,18 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handed_off:
             return  # handed over in connection_made: uvicorn never saw this connection
-        if self._counted:
-            self._counted = False
-            self._balancer.closed()
-        super().connection_lost(exc)
+        try:
+            if self._counted:
+                self._counted = False
+                self._balancer.closed()
+        finally:
+            super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping this worker: siblings stop handing it connections."""
+        if self._balancer is not None:
+            self._balancer.leave()
+        super().shutdown()
 
 
 HTTP_PROTOCOL = f"{__name__}:NoDelayHTTPProtocol"

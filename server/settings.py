@@ -10,8 +10,17 @@ from plugins.images import DEFAULT_FORMATS, ImageLimits
 
 
 def _env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int)
+
+
+def _env_number(name: str, default, kind: type):
     value = os.environ.get(name)
-    return int(value) if value else default
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {value!r}") from None
 
 
 @dataclasses.dataclass
@@ -26,9 +35,7 @@ class Settings:
         )
     )
     lazy: bool = dataclasses.field(default_factory=lambda: os.environ.get("CAPSERVE_LAZY", "0") not in ("", "0"))
-    watch_interval: float = dataclasses.field(
-        default_factory=lambda: float(os.environ.get("CAPSERVE_WATCH_INTERVAL", "1.0"))
-    )
+    watch_interval: float = dataclasses.field(default_factory=lambda: _env_number("CAPSERVE_WATCH_INTERVAL", 1.0, float))
 
     @property
     def image_limits(self) -> ImageLimits:

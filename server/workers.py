@@ -1,6 +1,8 @@
-"""How ``capserve serve`` runs uvicorn: on listening sockets it binds itself, so that each
-worker can drain its accept queue at once (``server/accept.py``); with several workers, a
-socket each on the same port (SO_REUSEPORT).
+"""How ``capserve serve`` runs uvicorn: on sockets it binds itself, so that each worker can
+drain its accept queue at once (``server/accept.py``); with several workers, a socket each on
+the same port (SO_REUSEPORT). The sockets are bound but not listening: the event loop listens
+when uvicorn starts serving, after the app's start-up (models loaded), so connections are never
+queued on a worker that cannot answer them yet. A port in use fails at once, with exit code 3.
 
 uvicorn's ``--workers`` shares one listening socket between the workers. When connections
 arrive together (a client pool opening, a load balancer reconnecting), whichever worker wakes
@@ -70,7 +72,9 @@ class WorkerSocket:
 
 
 def _listening_socket(host: str, port: int, backlog: int) -> socket.socket:
-    return accept.listening(bind(host, port, reuse_port=True, backlog=backlog))
+    # Bound, not listening: the loop listens once the app has started (models loaded), so a
+    # worker that is starting or restarting takes no connections it cannot answer yet.
+    return accept.listening(bind(host, port, reuse_port=True, listen=False, backlog=backlog))
 
 
 def run(config: uvicorn.Config, *, shared_socket: bool = False) -> None:
@@ -80,9 +84,7 @@ def run(config: uvicorn.Config, *, shared_socket: bool = False) -> None:
     if config.workers < 2:
         _run_one(config)
     elif shared_socket or not reuse_port_available():
-        from uvicorn.supervisors.multiprocess import Multiprocess
-
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        _supervise(config, [config.bind_socket()])
     else:
         _run_workers(config)
 
@@ -90,7 +92,7 @@ def run(config: uvicorn.Config, *, shared_socket: bool = False) -> None:
 def _run_one(config: uvicorn.Config) -> None:
     from uvicorn.config import STARTUP_FAILURE
 
-    sock = _bind_or_exit(config, reuse_port=False, listen=True)
+    sock = _bind_or_exit(config, reuse_port=False)
     host, port = sock.getsockname()[:2]
     logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", _url(host, port))
     server = uvicorn.Server(config)
@@ -106,11 +108,12 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _bind_or_exit(config: uvicorn.Config, *, reuse_port: bool, listen: bool) -> socket.socket:
+def _bind_or_exit(config: uvicorn.Config, *, reuse_port: bool) -> socket.socket:
+    """The socket bound but not listening: the event loop listens once the app has started."""
     from uvicorn.config import STARTUP_FAILURE
 
     try:
-        return bind(config.host, config.port, reuse_port=reuse_port, listen=listen, backlog=config.backlog)
+        return bind(config.host, config.port, reuse_port=reuse_port, listen=False, backlog=config.backlog)
     except OSError as exc:
         logging.getLogger("uvicorn.error").error("cannot bind %s:%s: %s", config.host, config.port, exc)
         sys.exit(STARTUP_FAILURE)
@@ -118,19 +121,28 @@ def _bind_or_exit(config: uvicorn.Config, *, reuse_port: bool, listen: bool) -> 
 
 def _run_workers(config: uvicorn.Config) -> None:
     """Run ``config.workers`` uvicorn workers, each on its own SO_REUSEPORT socket."""
-    from uvicorn.supervisors.multiprocess import Multiprocess
-
-    reserved = _bind_or_exit(config, reuse_port=True, listen=False)
+    reserved = _bind_or_exit(config, reuse_port=True)
     port = reserved.getsockname()[1]
     try:
         config.port = port
         logging.getLogger("uvicorn.error").info(
             "Uvicorn running on %s with %d workers, a socket each (SO_REUSEPORT)", _url(config.host, port), config.workers
         )
-        sockets = [WorkerSocket(config.host, port, config.backlog)]
-        Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]
+        _supervise(config, [WorkerSocket(config.host, port, config.backlog)])  # type: ignore[list-item]
     finally:
         reserved.close()
+
+
+def _supervise(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """uvicorn's supervisor over ``config.workers`` workers; exits 3 (as one worker does) when
+    a worker failed to start, where the supervisor alone would return normally."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    supervisor = Multiprocess(config, sockets=sockets)
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)
 
 
 @contextlib.contextmanager

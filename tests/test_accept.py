@@ -67,21 +67,24 @@ def test_a_closed_listener_drains_nothing_and_raises_nothing(listener):
             s.close()
 
 
-def test_a_connection_that_fails_to_start_is_closed(listener):
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_connection_that_fails_to_start_is_closed_and_reported(listener, new_loop):
     client = _connect(listener, 1)[0]
     conn, _ = listener.accept()
+    reported = []
 
     def broken_protocol():
         raise RuntimeError("cannot build the protocol")
 
     async def main():
-        accept.start(asyncio.get_running_loop(), broken_protocol, conn)
+        accept.start(asyncio.get_running_loop(), broken_protocol, conn, failed=lambda: reported.append(True))
         for _ in range(5):
             await asyncio.sleep(0)
 
     try:
-        asyncio.run(main())
-        assert conn.fileno() == -1
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(main())
+        assert conn.fileno() == -1 and reported == [True]
     finally:
         client.close()
 

@@ -144,3 +144,21 @@ def test_a_port_in_use_fails_at_once_with_a_clear_message(registry_dir):
         )
     assert proc.returncode == 3  # uvicorn's STARTUP_FAILURE
     assert f"cannot bind 127.0.0.1:{port}" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"CAPSERVE_API_KEYS_FILE": "/nonexistent/keys.yaml"}, "CAPSERVE_API_KEYS_FILE /nonexistent/keys.yaml"),
+        ({"CAPSERVE_MAX_BODY_BYTES": "1MB"}, "CAPSERVE_MAX_BODY_BYTES must be an integer, not '1MB'"),
+    ],
+)
+def test_a_bad_setting_stops_the_server_before_any_worker_starts(registry_dir, workers, env, words):
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(free_port()),
+         "--workers", workers],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 3
+    assert f"capserve: cannot start: {words}" in proc.stderr and "Traceback" not in proc.stderr

@@ -32,7 +32,7 @@ def _listeners(port: int) -> int:
     return count
 
 
-def test_a_worker_socket_unpickles_as_a_new_listening_socket_on_the_same_port():
+def test_a_worker_socket_unpickles_as_a_new_socket_bound_to_the_same_port():
     reserved = bind("127.0.0.1", 0, reuse_port=True, listen=False)
     port = reserved.getsockname()[1]
     try:
@@ -43,7 +43,10 @@ def test_a_worker_socket_unpickles_as_a_new_listening_socket_on_the_same_port():
             assert a.getsockname() == b.getsockname() == ("127.0.0.1", port)
             assert a.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
             assert a.proto == socket.IPPROTO_TCP  # so asyncio sets TCP_NODELAY on accepted sockets
-            assert _listeners(port) == 2  # the reserving socket does not listen
+            assert _listeners(port) == 0  # the event loop listens once the app has started
+            a.listen()
+            b.listen()
+            assert _listeners(port) == 2  # the reserving socket never listens
             with socket.create_connection(("127.0.0.1", port), timeout=5):
                 pass
         finally:
@@ -182,3 +185,14 @@ def test_connections_are_spread_evenly_and_handed_over_intact(registry_dir):
         while time.monotonic() < deadline and any(_worker_connections(proc.pid, port).values()):
             time.sleep(0.1)
         assert not any(_worker_connections(proc.pid, port).values())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_fails_to_start_stops_the_server_with_exit_3(workers):
+    code = (
+        "import uvicorn; from server import workers;"
+        f"workers.run(uvicorn.Config('tests.failing_lifespan_app:app', port=0, workers={workers}, lifespan='on'))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "start-up fails on purpose" in proc.stderr
