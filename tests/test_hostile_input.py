@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
-from model_registry.errors import CapserveError
+from model_registry.errors import BadBase64, CapserveError
 from model_registry.registry import Registry
 from plugins.images import ImageLimits, decode_image
 from server.app import create_app
@@ -169,6 +169,22 @@ def test_base64_round_trip_in_every_dialect(data):
                  standard.replace("+", " ")):
         if data:
             assert decode_base64(text, 10_000) == data
+
+
+@pytest.mark.parametrize("text", ["aGk=aGk=", "aGk", "aG k=", "aGk=\n", "=aGk"])
+def test_base64_outside_the_strict_form_takes_the_lenient_path_and_answers_the_same(text):
+    # The fast path accepts only canonical padded base64; everything else is normalized first.
+    import binascii
+
+    lenient = "".join(text.replace(" ", "+").split())
+    lenient += "=" * (-len(lenient) % 4)
+    try:
+        expected = base64.b64decode(lenient, validate=True)
+    except binascii.Error:
+        with pytest.raises(BadBase64):
+            decode_base64(text, 10_000)
+    else:
+        assert decode_base64(text, 10_000) == expected
 
 
 def test_limits_come_from_the_environment(monkeypatch):
