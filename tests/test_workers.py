@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.balance import BALANCE_DIR_ENV
 from server.workers import WorkerSocket, bind, reuse_port_available
 from tests.conftest import REPO, png_bytes
 
@@ -122,6 +124,12 @@ def test_the_shared_socket_is_still_there_when_turned_off(registry_dir):
         pass  # _two_workers checks that the server is ready on exactly one listening socket
 
 
+def _worker_pids(server_pid: int) -> list[int]:
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    # multiprocessing's resource tracker is a child too, but not a worker
+    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
 def _worker_connections(server_pid: int, port: int) -> dict[int, list[str]]:
     """Sockets on 127.0.0.1:port (not listening) that each worker process holds, by state."""
     states = {}
@@ -131,9 +139,7 @@ def _worker_connections(server_pid: int, port: int) -> dict[int, list[str]]:
         if fields[1] == wanted and fields[3] != "0A":
             states[fields[9]] = fields[3]
     held = {}
-    for pid in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split():
-        if b"spawn_main" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            continue  # multiprocessing's resource tracker, not a worker
+    for pid in _worker_pids(server_pid):
         inodes = []
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
@@ -142,8 +148,18 @@ def _worker_connections(server_pid: int, port: int) -> dict[int, list[str]]:
                 continue
             if target.startswith("socket:[") and target[8:-1] in states:
                 inodes.append(states[target[8:-1]])
-        held[int(pid)] = inodes
+        held[pid] = inodes
     return held
+
+
+def _balance_counts(server_pid: int) -> list[int]:
+    """The open-connection counts of server/balance.py's shared file, one per joined worker."""
+    worker = _worker_pids(server_pid)[0]
+    environ = dict(
+        item.split(b"=", 1) for item in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0") if b"=" in item
+    )
+    fields = array.array("q", (Path(os.fsdecode(environ[BALANCE_DIR_ENV.encode()])) / "counts").read_bytes())
+    return [fields[i + 1] for i in range(0, len(fields), 2) if fields[i]]  # (pid, count) pairs
 
 
 def _http_request(sock: socket.socket, body: bytes) -> tuple[int, bytes]:
@@ -166,6 +182,12 @@ def test_connections_are_spread_evenly_and_handed_over_intact(registry_dir):
         for _ in range(20):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         expected = httpx.post(f"http://127.0.0.1:{port}/recognize/tiny", content=png_bytes(), timeout=10).json()["text"]
+        # Those connections are closed by the client; a worker counts one off once it has seen the
+        # close. Until then the counts are one high, and the split below would be even by them.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_balance_counts(proc.pid)):
+            time.sleep(0.05)
+        assert _balance_counts(proc.pid) == [0, 0]
         # 40 connections open at once: the kernel's hash alone splits them 20/20 one time in eight.
         clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
         try:
@@ -176,7 +198,7 @@ def test_connections_are_spread_evenly_and_handed_over_intact(registry_dir):
             held = _worker_connections(proc.pid, port)
             counts = sorted(len(states) for states in held.values())
             assert len(counts) == 2 and sum(counts) == 40
-            assert counts[1] - counts[0] <= 1, held
+            assert counts[1] - counts[0] <= 1, (held, _balance_counts(proc.pid))
         finally:
             for sock in clients:
                 sock.close()
