@@ -8,7 +8,10 @@ latency follows it.
 
 So each worker, when it accepts a connection while a sibling holds fewer, passes the socket to
 that sibling (``SCM_RIGHTS`` over a Unix datagram socket) before reading a byte from it; the
-sibling adopts it into its event loop with ``loop.connect_accepted_socket``. The counts of
+sibling adopts it into its event loop with ``loop.connect_accepted_socket``. The hand-overs of
+one turn of the event loop go out together, one datagram per sibling: a Unix datagram socket
+queues only ``net.unix.max_dgram_qlen`` datagrams (10 by default), and with a datagram per
+connection a burst of 40 connections handed over 11 and kept the rest where they landed. The counts of
 open connections live in a small shared file, changed only under ``flock`` (a reservation is
 made for the receiver by the sender, so a burst of connections cannot overshoot). A handed-off
 connection is the same TCP connection: the client notices nothing.
@@ -41,6 +44,7 @@ BALANCE_DIR_ENV = "CAPSERVE_BALANCE_DIR"
 MAX_WORKERS = 256
 _SLOT = 2  # int64 fields per worker: pid, open connections (reserved ones included)
 LEAVING = 1 << 40  # the count of a worker that is stopping: never the fewest
+MAX_FDS = 253  # file descriptors in one SCM_RIGHTS message (Linux's SCM_MAX_FD)
 
 
 class Balancer:
@@ -54,6 +58,7 @@ class Balancer:
         self.leaving = False
         self._loop = loop
         self._protocol_factory = protocol_factory
+        self._outgoing: dict[int, list[socket.socket]] = {}  # slot -> this turn's hand-overs
         with contextlib.ExitStack() as stack:
             self._file = stack.enter_context(open(folder / "counts", "r+b"))
             self._map = stack.enter_context(mmap.mmap(self._file.fileno(), MAX_WORKERS * _SLOT * 8))
@@ -76,6 +81,10 @@ class Balancer:
     def close(self) -> None:
         """At exit: free the slot and remove the hand-off socket; a sibling that still picks
         this worker then fails to send and keeps the connection."""
+        for socks in self._outgoing.values():
+            for sock in socks:
+                sock.close()
+        self._outgoing.clear()
         self._resources.close()
 
     # -- shared counts ------------------------------------------------------------------------
@@ -108,8 +117,9 @@ class Balancer:
     # -- connections --------------------------------------------------------------------------
 
     def accepted(self, sock: socket.socket) -> bool:
-        """A connection this worker accepted: True if a sibling with fewer connections took it
-        (the caller then drops its own handle), False if it stays here (and is counted)."""
+        """A connection this worker accepted: True if it is on its way to a sibling with fewer
+        (the balancer holds a duplicate until it is sent, so the caller drops its own handle),
+        False if it stays here (and is counted)."""
         fields, mine = self._fields, self.slot * _SLOT + 1
         with self._locked():
             target, fewest = None, fields[mine]
@@ -120,18 +130,41 @@ class Balancer:
                 fields[mine] += 1
                 return False
             fields[target * _SLOT + 1] += 1  # reserved for the receiver until it closes the connection
-        try:
-            # (socket.send_fds ignores its address argument, so sendmsg it is.)
-            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
-            self._outbox.sendmsg([b"c"], rights, 0, self._address(target))
-            return True
-        except OSError as exc:
-            with self._locked():
-                fields[target * _SLOT + 1] -= 1
-                fields[mine] += 1
-                if isinstance(exc, (ConnectionRefusedError, FileNotFoundError)):
-                    fields[target * _SLOT] = 0  # that worker is gone; its slot is free again
-            return False
+        if not self._outgoing:
+            self._loop.call_soon(self._send)
+        self._outgoing.setdefault(target, []).append(sock.dup())
+        return True
+
+    def _send(self) -> None:
+        """Send this turn's hand-overs; what cannot be sent stays here after all."""
+        outgoing, self._outgoing = self._outgoing, {}
+        for target, socks in outgoing.items():
+            for first in range(0, len(socks), MAX_FDS):
+                batch = socks[first : first + MAX_FDS]
+                fds = array.array("i", [sock.fileno() for sock in batch])
+                try:
+                    # (socket.send_fds ignores its address argument, so sendmsg it is.)
+                    self._outbox.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, self._address(target))
+                except OSError as exc:
+                    gone = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
+                    self._keep(target, batch, gone=gone)
+                else:
+                    for sock in batch:
+                        sock.close()
+
+    def _keep(self, target: int, socks: list[socket.socket], *, gone: bool) -> None:
+        """Connections that could not be sent to ``target`` (its inbox full, or the worker gone)."""
+        fields = self._fields
+        with self._locked():
+            fields[target * _SLOT + 1] -= len(socks)
+            if gone:
+                fields[target * _SLOT] = 0  # that worker is gone; its slot is free again
+            fields[self.slot * _SLOT + 1] += len(socks)
+        for sock in socks:
+            if self.leaving or accept.stopped():
+                sock.close()  # every worker is stopping
+            else:
+                accept.start(self._loop, self._protocol_factory, sock, failed=self.closed)
 
     def closed(self) -> None:
         """A connection counted here (accepted and kept, or adopted) has closed."""
@@ -150,15 +183,15 @@ class Balancer:
         worker is stopping, pass them on to a sibling that still serves."""
         while True:
             try:
-                _, fds, _, _ = socket.recv_fds(self._inbox, 16, 16)
+                _, fds, _, _ = socket.recv_fds(self._inbox, 16, MAX_FDS)
             except (BlockingIOError, InterruptedError):
                 return
             for fd in fds:
                 sock = socket.socket(fileno=fd)
                 if self.leaving or accept.stopped():
                     self.leave()
-                    if not self.accepted(sock):
-                        sock.close()  # every worker is stopping
+                    self.accepted(sock)  # on to a sibling that still serves, if there is one
+                    sock.close()
                 else:
                     accept.start(self._loop, self._protocol_factory, sock, failed=self.closed)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -48,10 +49,27 @@ def conns():
         accepted.close()
 
 
+def _turn(loop: asyncio.AbstractEventLoop) -> None:
+    """One turn of the (not running) loop: the hand-overs decided so far are sent."""
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def _received_all(b: Balancer) -> list[socket.socket]:
+    """Every connection siblings handed to ``b`` so far, read from its inbox."""
+    _turn(b._loop)
+    socks = []
+    while True:
+        try:
+            _, fds, _, _ = socket.recv_fds(b._inbox, 16, balance.MAX_FDS)
+        except BlockingIOError:
+            return socks
+        socks += [socket.socket(fileno=fd) for fd in fds]
+
+
 def _received(b: Balancer) -> socket.socket:
-    """The connection a sibling handed to ``b``, read from its inbox."""
-    _, fds, _, _ = socket.recv_fds(b._inbox, 16, 16)
-    return socket.socket(fileno=fds[0])
+    """The one connection a sibling handed to ``b``."""
+    (sock,) = _received_all(b)
+    return sock
 
 
 def _count(b: Balancer) -> int:
@@ -67,6 +85,46 @@ def test_a_surplus_connection_goes_to_the_sibling_with_fewer(pair, conns):
         assert handed.getpeername() == conns[1][0].getsockname()  # the very same connection
 
 
+def test_a_burst_is_split_evenly_however_many_are_handed_over_in_one_turn(pair):
+    # A Unix datagram socket queues 10 datagrams (net.unix.max_dgram_qlen): one per connection,
+    # a burst of 40 handed over 11 and kept 29.
+    first, second = pair
+    with contextlib.ExitStack() as stack, socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        clients = [stack.enter_context(socket.create_connection(listener.getsockname())) for _ in range(40)]
+        handed = []
+        for _ in clients:
+            with listener.accept()[0] as sock:  # closed as the worker's transport is: the hand-over has its own
+                handed.append(second.accepted(sock))
+        assert handed.count(True) == 20 and (_count(first), _count(second)) == (20, 20)
+        received = [stack.enter_context(sock) for sock in _received_all(first)]
+        went = [client for client, sent in zip(clients, handed) if sent]
+        assert {sock.getpeername() for sock in received} == {client.getsockname() for client in went}
+        for sock in received:  # each is the live connection
+            sock.sendall(b"x")
+        assert [client.recv(1) for client in went] == [b"x"] * 20
+
+
+def test_what_cannot_be_sent_stays_with_the_sender_and_is_counted_there(folder, conns):
+    adopted = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        receiver = Balancer(folder, loop, _never_called)
+        sender = Balancer(folder, loop, lambda: adopted.append(True) or asyncio.Protocol())
+        try:
+            sender.accepted(conns[0][1])
+            assert sender.accepted(conns[1][1]) is True
+            receiver.close()  # the receiver exits before the hand-over goes out
+            for _ in range(5):
+                await asyncio.sleep(0)
+            return _count(sender)
+        finally:
+            sender.close()
+
+    assert asyncio.run(main()) == 2
+    assert adopted == [True]  # served by the sender after all
+
+
 def test_a_stopping_worker_is_not_chosen(pair, conns):
     first, second = pair
     first.leave()
@@ -80,6 +138,7 @@ def test_a_stopping_worker_passes_on_what_reaches_it(pair, conns):
     first, second = pair
     second.accepted(conns[0][1])
     assert second.accepted(conns[1][1]) is True  # on its way to the first worker...
+    _turn(second._loop)
     first.leave()  # ...which stops before reading it
     first.receive()
     with _received(second) as handed:  # so it comes back to the second
@@ -94,6 +153,7 @@ def test_a_worker_whose_listening_socket_closed_passes_on_what_reaches_it(pair, 
     own.close()  # uvicorn closes the worker's listening socket when it starts to stop
     second.accepted(conns[0][1])
     assert second.accepted(conns[1][1]) is True
+    _turn(second._loop)
     first.receive()
     assert first.leaving and _count(first) == LEAVING
     with _received(second) as handed:
@@ -121,6 +181,7 @@ def test_a_handed_connection_that_fails_to_start_gives_its_place_back(folder, co
             sender.accepted(conns[0][1])
             assert sender.accepted(conns[1][1]) is True
             assert _count(receiver) == 1  # reserved by the sender
+            await asyncio.sleep(0)  # sent at the end of this turn
             receiver.receive()
             for _ in range(5):
                 await asyncio.sleep(0)
