@@ -23,7 +23,7 @@ from model_registry.errors import CapserveError, RecognitionFailed
 from model_registry.runtime import Runtime
 from model_registry.spec import ModelSpec, SpecError
 from plugins.chain import ChainError, InputShape, Postprocessor, Preprocessor, compile_postprocess, compile_preprocess
-from plugins.images import DEFAULT_LIMITS, ImageLimits, decode_image
+from plugins.images import DEFAULT_LIMITS, ImageLimits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +73,11 @@ class Model:
 
     def tensor(self, data: bytes) -> np.ndarray:
         """The model input for image bytes: decode and the preprocess chain."""
-        image = decode_image(data, frames=self.preprocess.wants_frames, limits=self.limits)
-        return self.preprocess.tensor(image)
+        return self.preprocess.tensor(self.preprocess.decode(data, self.limits))
 
     def recognize(self, data: bytes) -> Recognition:
         t0 = time.perf_counter()
-        image = decode_image(data, frames=self.preprocess.wants_frames, limits=self.limits)
+        image = self.preprocess.decode(data, self.limits)
         t1 = time.perf_counter()
         try:
             tensor = self.preprocess.tensor(image)

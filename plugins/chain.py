@@ -13,8 +13,10 @@ import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from plugins import manager
+from plugins.images import DEFAULT_LIMITS, ImageLimits, decode_image, image_to_array
 from plugins.steps import ParamError, Step
 
 
@@ -78,6 +80,17 @@ class Preprocessor:
     names: tuple[str, ...]
     input: InputShape
     wants_frames: bool
+    decode_mode: str | None = None  # the first step's work, done by the image decoder
+
+    def decode(self, data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+        """Image bytes as the array this chain takes (the one way serving and training decode)."""
+        return decode_image(data, frames=self.wants_frames, mode=self.decode_mode, limits=limits)
+
+    def from_image(self, image: Image.Image) -> np.ndarray:
+        """A PIL image (a generator's) as the array this chain takes, as ``decode`` would make it."""
+        if self.wants_frames:
+            return image_to_array(image.convert("RGBA"))[None]
+        return image_to_array(image, self.decode_mode)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         for call in self.calls:
@@ -113,7 +126,16 @@ def compile_preprocess(items: Sequence[Any] | None, shape: InputShape) -> Prepro
         names=tuple(step.name for step, _ in bound),
         input=shape,
         wants_frames=bool(bound) and bound[0][0].frames,
+        decode_mode=_decode_mode(bound),
     )
+
+
+def _decode_mode(bound: list[tuple[Step, dict[str, Any]]]) -> str | None:
+    """The PIL mode to decode to in place of the first step, if it has one and its defaults."""
+    if not bound or bound[0][0].decode_mode is None:
+        return None
+    step, params = bound[0]
+    return step.decode_mode if params == step.bind(None) else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Still images become ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA (when the image has
 transparency) uint8 arrays; with ``frames=True`` an animated image becomes ``(F, H, W, C)``.
-Size limits are checked from the header before any pixel is decoded.
+With ``mode="L"`` (a chain that starts with ``grayscale``, see ``Step.decode_mode``) an L, RGB
+or RGBA image becomes ``(H, W, 1)`` gray straight from PIL, which converts in C while decoding
+rather than after it in numpy. Size limits are checked from the header before any pixel is
+decoded.
 """
 
 from __future__ import annotations
@@ -61,8 +64,16 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
 
 
-def image_to_array(image: Image.Image) -> np.ndarray:
-    """One PIL image (its current frame) as an ``(H, W, 3|4)`` uint8 array."""
+# The images PIL turns into gray with the ITU-R 601-2 weights of the grayscale step and no
+# other change (alpha ignored); palette and 16-bit images take the general path.
+_GRAY_FROM = ("L", "RGB", "RGBA")
+
+
+def image_to_array(image: Image.Image, mode: str | None = None) -> np.ndarray:
+    """One PIL image (its current frame) as an ``(H, W, 3|4)`` uint8 array, or ``(H, W, 1)``
+    for ``mode="L"`` where the image allows it."""
+    if mode == "L" and image.mode in _GRAY_FROM:
+        return np.asarray(image.convert("L") if image.mode != "L" else image)[..., None]
     mode = "RGBA" if _has_alpha(image) else "RGB"
     if image.mode != mode:
         image = image.convert(mode)
@@ -79,11 +90,14 @@ def frames_to_array(image: Image.Image, max_frames: int) -> np.ndarray:
     return np.stack([np.asarray(frame.convert("RGBA")) for frame in ImageSequence.Iterator(image)])
 
 
-def decode_image(data: bytes, *, frames: bool = False, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode ``data``: the first frame as ``(H, W, C)``, or with ``frames`` all as ``(F, H, W, C)``."""
+def decode_image(
+    data: bytes, *, frames: bool = False, mode: str | None = None, limits: ImageLimits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """Decode ``data``: the first frame as ``(H, W, C)`` (``mode`` as in ``image_to_array``),
+    or with ``frames`` all as ``(F, H, W, C)``."""
     image = open_image(data, limits)
     try:
-        return frames_to_array(image, limits.max_frames) if frames else image_to_array(image)
+        return frames_to_array(image, limits.max_frames) if frames else image_to_array(image, mode)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

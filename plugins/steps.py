@@ -172,6 +172,10 @@ class Step:
     description: str = ""
     frames: bool = False
     uses_input: bool = False
+    decode_mode: str | None = None
+    """A PIL mode the image decoder can convert to instead of this step, when the step comes
+    first in a chain with its default parameters ("L" for ``grayscale``). The step must then
+    pass such an image through unchanged."""
 
     def bind(self, given: dict[str, Any] | None) -> dict[str, Any]:
         """Validate the parameters an entry gave and fill in defaults."""

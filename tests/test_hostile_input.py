@@ -153,9 +153,9 @@ def test_fuzz_query_never_5xx(client, value):
 @given(prefix=st.sampled_from([GOOD, JPEG, GIF, b""]), cut=st.integers(0, 4000), junk=st.binary(max_size=64))
 def test_fuzz_image_decoding_raises_only_capserve_errors(prefix, cut, junk):
     data = prefix[:cut] + junk
-    for frames in (False, True):
+    for frames, mode in ((False, None), (False, "L"), (True, None)):
         try:
-            decode_image(data, frames=frames)
+            decode_image(data, frames=frames, mode=mode)
         except CapserveError as exc:
             assert 400 <= exc.status < 500
 

@@ -135,14 +135,13 @@ def test_registry_entry_naming_its_steps_compiles_and_runs(plugin_path, tmp_path
         from PIL import Image
         from model_registry.spec import load_spec
         from plugins.chain import InputShape, compile_preprocess, compile_postprocess
-        from plugins.images import decode_image
 
         spec = load_spec(__import__("pathlib").Path({str(entry)!r}))
         pre = compile_preprocess(spec.preprocess, InputShape(spec.width, spec.height, spec.channels))
         post = compile_postprocess(spec.postprocess)
         buf = io.BytesIO()
         Image.new("RGB", (100, 50), (128, 128, 128)).save(buf, "PNG")
-        tensor = pre.tensor(decode_image(buf.getvalue()))
+        tensor = pre.tensor(pre.decode(buf.getvalue()))
         print(json.dumps({{
             "names": list(pre.names), "shape": list(tensor.shape), "value": float(tensor[16, 32, 0]),
             "sure": post("42", (0.95, 0.99)), "doubtful": post("42", (0.95, 0.5)),

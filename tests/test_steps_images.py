@@ -1,6 +1,6 @@
 """Every built-in preprocess step on an image with the property it handles.
 
-Images are drawn here with PIL, encoded (PNG or GIF), decoded by ``plugins.images.decode_image``
+Images are drawn here with PIL, encoded (PNG or GIF), decoded by ``Preprocessor.decode``
 as the server does, and run through a chain compiled by ``plugins.chain.compile_preprocess``.
 "The text reads" is measured against a clean rendering of the same text at the same place: the
 dark pixels of the chain's output overlap the clean text's dark pixels (intersection over union).
@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from plugins.chain import InputShape, compile_preprocess
+from plugins.builtin.colour import grayscale
 from plugins.images import decode_image
 
 SIZE = (100, 50)
@@ -57,7 +58,7 @@ def encode(image: Image.Image | list[Image.Image], fmt: str = "PNG", **kwargs) -
 
 def run(data: bytes, chain: list, shape: InputShape = SHAPE) -> np.ndarray:
     pre = compile_preprocess(chain, shape)
-    return pre(decode_image(data, frames=pre.wants_frames))
+    return pre(pre.decode(data))
 
 
 def dark(array: np.ndarray) -> np.ndarray:
@@ -217,6 +218,41 @@ def test_grayscale_weights_pick_the_channel_the_text_is_in():
     data = encode(Image.fromarray(pixels))
     assert not reads(run(data, ["grayscale", {"threshold": {"value": 128}}]))
     assert iou(run(data, [{"grayscale": {"weights": [1, 0, 0]}}, {"threshold": {"value": 128}}])) == 1.0
+
+
+def test_only_a_leading_grayscale_with_its_default_weights_is_left_to_the_decoder():
+    assert compile_preprocess(["grayscale", "normalize"], SHAPE).decode_mode == "L"
+    assert compile_preprocess([{"grayscale": {"weights": [0.299, 0.587, 0.114]}}], SHAPE).decode_mode == "L"
+    assert compile_preprocess([{"grayscale": {"weights": [1, 0, 0]}}], SHAPE).decode_mode is None
+    assert compile_preprocess(["invert", "grayscale"], SHAPE).decode_mode is None
+    assert compile_preprocess([], SHAPE).decode_mode is None
+
+
+def _noise_image(mode: str) -> Image.Image:
+    rng = np.random.default_rng(11)
+    rgb = Image.fromarray(rng.integers(0, 256, (50, 100, 3), dtype=np.uint8))
+    if mode == "RGBA":
+        rgba = np.concatenate([np.asarray(rgb), rng.integers(0, 256, (50, 100, 1), dtype=np.uint8)], axis=-1)
+        return Image.fromarray(rgba, "RGBA")
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+    return rgb.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "LA", "I;16"])
+def test_decoding_straight_to_gray_gives_what_the_grayscale_step_gives(mode):
+    data = encode(_noise_image(mode))
+    pre = compile_preprocess(["grayscale"], SHAPE)
+    decoded = pre.decode(data)
+    assert (decoded.shape[-1] == 1) == (mode in ("RGB", "RGBA", "L"))  # PIL converts these itself
+    served = pre(decoded)
+    by_the_step = grayscale(decode_image(data))
+    assert served.shape == by_the_step.shape == (50, 100, 1) and served.dtype == np.uint8
+    differ = served.astype(int) - by_the_step
+    # PIL's fixed-point weights put 0.05% of all colours one level apart (1 of these 5,000 pixels).
+    assert np.abs(differ).max() <= 1 and np.count_nonzero(differ) <= 0.005 * differ.size
+    if mode in ("L", "LA"):
+        assert np.array_equal(served[..., 0], np.asarray(Image.open(io.BytesIO(data)).convert("L")))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from PIL import Image
 
 from plugins import manager
 from plugins.chain import InputShape, compile_preprocess
-from plugins.images import decode_image
 from training import datasets
 from training.datasets import DatasetError
 from training.metrics import align, score
@@ -214,7 +213,7 @@ def test_generated_image_tensor_equals_the_served_tensor_of_its_png():
     pre = compile_preprocess(CHAIN, InputShape(100, 50, 1))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    served = pre.tensor(decode_image(buffer.getvalue()))
+    served = pre.tensor(pre.decode(buffer.getvalue()))  # what Model.tensor does
     assert np.array_equal(datasets.image_tensor(image, pre), served)
 
 
@@ -225,7 +224,7 @@ def test_folder_tensors_are_the_served_tensors(tmp_path):
     data, _ = datasets.load_folder(tmp_path, SHAPE, CHAIN)
     pre = compile_preprocess(CHAIN, SHAPE)
     for source, tensor in zip(data.sources, data.x):
-        assert np.array_equal(tensor, pre.tensor(decode_image(Path(source).read_bytes())))
+        assert np.array_equal(tensor, pre.tensor(pre.decode(Path(source).read_bytes())))
 
 
 def test_split_is_seeded_and_disjoint(tmp_path):

@@ -1,8 +1,8 @@
 """Training data: a labelled folder or a synthetic generator, as arrays of model inputs.
 
 Every input tensor is made by the *serving* path: file bytes go through
-``plugins.images.decode_image`` and generator images through ``plugins.images.image_to_array``,
-then the entry's compiled preprocess chain (``Preprocessor.tensor``). There is no second
+``Preprocessor.decode`` and generator images through ``Preprocessor.from_image``, then the
+entry's compiled preprocess chain (``Preprocessor.tensor``). There is no second
 implementation of preprocessing here, so the model is trained on exactly what it will see.
 
 Problems with a dataset (empty folder, unreadable images, labels outside the charset, a
@@ -25,7 +25,6 @@ import numpy as np
 
 from plugins import manager
 from plugins.chain import InputShape, Preprocessor, compile_preprocess
-from plugins.images import decode_image, image_to_array
 from plugins.steps import Generator, ParamError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -228,14 +227,12 @@ def _file_tensors(args: tuple) -> tuple[list[np.ndarray | None], list[str | None
 
 def file_tensor(data: bytes, pre: Preprocessor) -> np.ndarray:
     """The model input for image file bytes: exactly ``Model.tensor``'s path."""
-    return pre.tensor(decode_image(data, frames=pre.wants_frames))
+    return pre.tensor(pre.decode(data))
 
 
 def image_tensor(image, pre: Preprocessor) -> np.ndarray:
     """The model input for a generated PIL image (the served path from decoded pixels on)."""
-    if pre.wants_frames:
-        return pre.tensor(image_to_array(image.convert("RGBA"))[None])
-    return pre.tensor(image_to_array(image))
+    return pre.tensor(pre.from_image(image))
 
 
 def load_folder(

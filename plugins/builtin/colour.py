@@ -167,6 +167,9 @@ def register_preprocess_steps():
             grayscale,
             (Param("weights", "list[float]", default=(0.299, 0.587, 0.114), length=3, help="weights of R, G, B"),),
             "Weighted sum of the colour channels into one channel.",
+            # PIL's own conversion to L uses these weights in 16-bit fixed point: the same gray
+            # level but for 0.05% of all 2^24 colours, which land one level apart.
+            decode_mode="L",
         ),
         Step(
             "normalize",
