@@ -6,8 +6,9 @@ decoded 100x50 captcha, in-process, one thread; each chain's total is the chain'
 float32 cast). Each step is also timed on its own, called repeatedly on the output of the
 steps before it; the table shows the sum of these next to the chain's total. The total is
 usually higher than the sum: in a real run every step allocates and fills fresh arrays, while
-a step called on the same input again and again finds its memory in cache. Decoding the PNG/GIF bytes (``plugins.images.decode_image``) is shown on its own line, as it
-is the same for every chain. Times are the best of ``--repeat`` repeats of ``-n`` calls,
+a step called on the same input again and again finds its memory in cache. Each chain runs on
+what it is served (``Preprocessor.decode``): RGB(A), or gray straight from PIL when it starts
+with ``grayscale``. Decoding the PNG/GIF bytes is shown on its own lines, both ways. Times are the best of ``--repeat`` repeats of ``-n`` calls,
 divided by ``-n`` (the mean per call in the quietest repeat, as ``timeit`` reports), in CPU
 time of the benchmarking thread (``time.thread_time``), so that other processes on a shared
 machine do not inflate them; ``--wall`` uses wall-clock time (``time.perf_counter``) instead.
@@ -198,19 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     data = samples()
     print()
     print(f"{'decode':<28}{'us/image':>10}")
-    decoded = {}
     for name, blob in data.items():
         frames = name == "gif"
-        decoded[name] = decode_image(blob, frames=frames)
         cost = per_call_us(functools.partial(decode_image, blob, frames=frames), n)
         print(f"  {name + (' (3 frames)' if frames else ''):<26}{cost:>10.1f}")
+        if not frames:
+            cost = per_call_us(functools.partial(decode_image, blob, mode="L"), n)
+            print(f"  {name + ' (straight to gray)':<26}{cost:>10.1f}")
 
     print()
     print(f"{'preprocess chain / step':<28}{'chain us':>10}{'steps us':>10}")
     totals = {}
     for name, sample, chain in CHAINS:
         pre = compile_preprocess(chain, shape)
-        image = decoded[sample]
+        image = pre.decode(data[sample])
         total = per_call_us(functools.partial(pre.tensor, image), n)
         totals[name] = total
         steps = per_step_us(pre.calls, image, n)
