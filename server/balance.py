@@ -58,7 +58,7 @@ class Balancer:
         self.leaving = False
         self._loop = loop
         self._protocol_factory = protocol_factory
-        self._outgoing: dict[int, list[socket.socket]] = {}  # slot -> this turn's hand-overs
+        self._outgoing: dict[tuple[int, int], list[socket.socket]] = {}  # (slot, pid) -> this turn's hand-overs
         with contextlib.ExitStack() as stack:
             self._file = stack.enter_context(open(folder / "counts", "r+b"))
             self._map = stack.enter_context(mmap.mmap(self._file.fileno(), MAX_WORKERS * _SLOT * 8))
@@ -130,15 +130,16 @@ class Balancer:
                 fields[mine] += 1
                 return False
             fields[target * _SLOT + 1] += 1  # reserved for the receiver until it closes the connection
+            receiver = (target, fields[target * _SLOT])
         if not self._outgoing:
             self._loop.call_soon(self._send)
-        self._outgoing.setdefault(target, []).append(sock.dup())
+        self._outgoing.setdefault(receiver, []).append(sock.dup())
         return True
 
     def _send(self) -> None:
         """Send this turn's hand-overs; what cannot be sent stays here after all."""
         outgoing, self._outgoing = self._outgoing, {}
-        for target, socks in outgoing.items():
+        for (target, pid), socks in outgoing.items():
             for first in range(0, len(socks), MAX_FDS):
                 batch = socks[first : first + MAX_FDS]
                 fds = array.array("i", [sock.fileno() for sock in batch])
@@ -147,18 +148,20 @@ class Balancer:
                     self._outbox.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, self._address(target))
                 except OSError as exc:
                     gone = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
-                    self._keep(target, batch, gone=gone)
+                    self._keep(target, pid, batch, gone=gone)
                 else:
                     for sock in batch:
                         sock.close()
 
-    def _keep(self, target: int, socks: list[socket.socket], *, gone: bool) -> None:
-        """Connections that could not be sent to ``target`` (its inbox full, or the worker gone)."""
+    def _keep(self, target: int, pid: int, socks: list[socket.socket], *, gone: bool) -> None:
+        """Connections that could not be sent to worker ``pid`` in ``target`` (its inbox full,
+        or the worker gone)."""
         fields = self._fields
         with self._locked():
-            fields[target * _SLOT + 1] -= len(socks)
-            if gone:
-                fields[target * _SLOT] = 0  # that worker is gone; its slot is free again
+            if fields[target * _SLOT] == pid:  # not freed, nor taken by a new worker, meanwhile
+                fields[target * _SLOT + 1] -= len(socks)
+                if gone:
+                    fields[target * _SLOT] = 0  # that worker is gone; its slot is free again
             fields[self.slot * _SLOT + 1] += len(socks)
         for sock in socks:
             if self.leaving or accept.stopped():
