@@ -11,7 +11,7 @@ that sibling (``SCM_RIGHTS`` over a Unix datagram socket) before reading a byte 
 sibling adopts it into its event loop with ``loop.connect_accepted_socket``. The hand-overs of
 one turn of the event loop go out together, one datagram per sibling: a Unix datagram socket
 queues only ``net.unix.max_dgram_qlen`` datagrams (10 by default), and with a datagram per
-connection a burst of 40 connections handed over 11 and kept the rest where they landed. The counts of
+connection a burst of 40 handed over 11 and kept the rest where they landed. The counts of
 open connections live in a small shared file, changed only under ``flock`` (a reservation is
 made for the receiver by the sender, so a burst of connections cannot overshoot). A handed-off
 connection is the same TCP connection: the client notices nothing.
@@ -145,7 +145,8 @@ class Balancer:
                 fds = array.array("i", [sock.fileno() for sock in batch])
                 try:
                     # (socket.send_fds ignores its address argument, so sendmsg it is.)
-                    self._outbox.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, self._address(target))
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+                    self._outbox.sendmsg([b"c"], rights, 0, self._address(target))
                 except OSError as exc:
                     gone = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
                     self._keep(target, pid, batch, gone=gone)
