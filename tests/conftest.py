@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,16 @@ def registry_dir(tmp_path: Path, tiny_model_bytes: bytes) -> Path:
     root = tmp_path / "registry"
     model_factory.write_entry(root / "tiny" / "1", tiny_model_bytes)
     return root
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server process the test started: SIGTERM, then SIGKILL if it is still there."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def png_bytes(text: str = "1234", size: tuple[int, int] = (100, 50), mode: str = "RGB") -> bytes:

@@ -17,7 +17,7 @@ import pytest
 
 from model_registry.registry import Registry
 from tests import model_factory
-from tests.conftest import REPO, png_bytes
+from tests.conftest import REPO, png_bytes, stop
 
 
 def free_port() -> int:
@@ -54,11 +54,7 @@ def start_server(registry: Path | None, *extra: str):
             pytest.fail("server did not become ready")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, timeout=10)
 
 
 @pytest.fixture()

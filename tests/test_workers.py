@@ -18,7 +18,7 @@ import pytest
 
 from server.balance import BALANCE_DIR_ENV
 from server.workers import WorkerSocket, bind, reuse_port_available
-from tests.conftest import REPO, png_bytes
+from tests.conftest import REPO, png_bytes, stop
 
 pytestmark = pytest.mark.skipif(not reuse_port_available(), reason="needs SO_REUSEPORT")
 
@@ -95,12 +95,7 @@ def _two_workers(registry_dir, *, listeners: int = 2, **env: str):
         assert ready and _listeners(port) == listeners
         yield proc, port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def test_two_workers_listen_on_a_socket_each_and_serve(registry_dir):
