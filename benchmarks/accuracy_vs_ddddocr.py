@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_registry.registry import BUNDLED, Registry  # noqa: E402
-from training.metrics import score  # noqa: E402
+from capserve.model_registry.registry import BUNDLED, Registry  # noqa: E402
+from capserve.training.metrics import score  # noqa: E402
 
 SITES = {
     # site: (width, height, charset, min_length, max_length)

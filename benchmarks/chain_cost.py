@@ -1,6 +1,6 @@
 """Cost per image of typical preprocess and postprocess chains, step by step.
 
-What is measured: the compiled chain (``plugins.chain.compile_preprocess``) run on an already
+What is measured: the compiled chain (``core.chain.compile_preprocess``) run on an already
 decoded 100x50 captcha, in-process, one thread; each chain's total is the chain's own
 ``Preprocessor.tensor`` call (the loop over bound functions plus the final shape check and
 float32 cast). Each step is also timed on its own, called repeatedly on the output of the
@@ -42,8 +42,9 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from plugins.chain import InputShape, compile_postprocess, compile_preprocess  # noqa: E402
-from plugins.images import decode_image  # noqa: E402
+from capserve.core.chain import InputShape  # noqa: E402
+from capserve.plugins.manager import compile_postprocess, compile_preprocess
+from capserve.core.images import decode_image  # noqa: E402
 
 SIZE = (100, 50)
 TEXT = "4827"
@@ -133,8 +134,8 @@ def build_model(arch: str, shape: InputShape) -> bytes:
     """A ``.tflite`` file of the project's ``arch`` model (training/models.py) with untrained
     weights, dynamic-range quantized as training exports by default: the interpreter's time
     does not depend on the weights' values. Needs TensorFlow (the ``train`` extra)."""
-    from training.export import convert
-    from training.models import ModelConfig, build_model as build
+    from capserve.training.export import convert
+    from capserve.training.models import ModelConfig, build_model as build
 
     config = ModelConfig(arch=arch, height=shape.height, width=shape.width, channels=shape.channels, charset_size=30)
     return convert(build(config), config, "dynamic")
@@ -142,8 +143,8 @@ def build_model(arch: str, shape: InputShape) -> bytes:
 
 def interpreter(args, shape: InputShape):
     """``(label, run)`` for the model to time next to the chains, or None."""
-    from model_registry.registry import BUNDLED, Registry
-    from model_registry.runtime import Runtime
+    from capserve.model_registry.registry import BUNDLED, Registry
+    from capserve.core.runtime import Runtime
 
     content, label = None, None
     if args.tflite:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from model_registry.registry import Registry  # noqa: E402
+from capserve.model_registry.registry import Registry  # noqa: E402
 
 
 def sample_images(spec, n: int) -> list[bytes]:

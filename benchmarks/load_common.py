@@ -87,7 +87,7 @@ def make_registry(entry: Path, root: Path, n_sites: int) -> list[str]:
 
 
 def entry_spec(entry: Path):
-    from model_registry.spec import load_spec
+    from capserve.core.spec import load_spec
 
     return load_spec(entry / "model.yaml")
 
@@ -217,12 +217,12 @@ class Server:
 
 
 def capserve_argv(registry: Path, port: int, workers: int, *, lazy: bool = False) -> list[str]:
-    argv = [PYTHON, "-m", "server.cli", "serve", "--registry", str(registry), "--port", str(port),
+    argv = [PYTHON, "-m", "capserve.server.cli", "serve", "--registry", str(registry), "--port", str(port),
             "--workers", str(workers), "--log-level", "warning"]
     return argv + (["--lazy"] if lazy else [])
 
 
-NODELAY_HTTP = "server.protocol:NoDelayHTTPProtocol"
+NODELAY_HTTP = "capserve.server.protocol:NoDelayHTTPProtocol"
 
 
 def uvicorn_argv(factory: str, port: int, workers: int, *, stock_http: bool = False) -> list[str]:

@@ -189,7 +189,7 @@ def _server_argv(name: str, registry: Path, port: int, workers: int, stock_http:
         return capserve_argv(registry, port, workers)
     if name == "capserve-stock-http":  # the same app behind stock uvicorn (no TCP_NODELAY fix)
         env["CAPSERVE_REGISTRY"] = str(registry)
-        return uvicorn_argv("server.app:create_app", port, workers, stock_http=True)
+        return uvicorn_argv("capserve.server.app:create_app", port, workers, stock_http=True)
     if name == "capserve-unbalanced":  # capserve serve without the connection hand-over
         env["CAPSERVE_BALANCE"] = "0"
         return capserve_argv(registry, port, workers)

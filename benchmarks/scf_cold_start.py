@@ -114,7 +114,7 @@ def measure(name: str, command: list[str], event: dict, env: dict, runs: int) ->
 
 
 def build(out: Path, python: str, site: str, registry: list[str], wheelhouse: str | None) -> dict:
-    command = [sys.executable, "-m", "server.cli", "scf", "package", "--out", str(out), "--site", site,
+    command = [sys.executable, "-m", "capserve.server.cli", "scf", "package", "--out", str(out), "--site", site,
                "--python", python, "--no-dir"]
     for folder in registry:
         command += ["--registry", folder]
@@ -136,7 +136,7 @@ def folder_size(path: Path) -> int:
 
 def pick_site(args, tmp: Path) -> tuple[str, list[str], Path, str]:
     """(site, registry args, .tflite path, charset)."""
-    from model_registry.registry import Registry
+    from capserve.model_registry.registry import Registry
 
     roots = [Path(r) for r in args.registry]
     if not roots and not list((REPO / "model_registry" / "bundled").glob("*/*/model.yaml")) and args.site == "demo":

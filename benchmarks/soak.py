@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.load_common import free_port, rss_mb  # noqa: E402
-from model_registry.registry import BUNDLED  # noqa: E402
-from model_registry.spec import load_spec  # noqa: E402
+from capserve.model_registry.registry import BUNDLED  # noqa: E402
+from capserve.core.spec import load_spec  # noqa: E402
 
 
 def make_samples(spec, n: int) -> list[tuple[str, str]]:
@@ -161,7 +161,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "CAPSERVE_WATCH_INTERVAL": "0.5"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--registry", str(root), "--port", str(port),
+        [sys.executable, "-m", "capserve.server.cli", "serve", "--registry", str(root), "--port", str(port),
          "--workers", str(args.workers), "--log-level", "warning"],
         cwd=REPO, env=env,
     )

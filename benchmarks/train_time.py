@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plugins.chain import InputShape  # noqa: E402
-from training import datasets  # noqa: E402
+from capserve.core.chain import InputShape  # noqa: E402
+from capserve.training import datasets  # noqa: E402
 
 DEMO = "imagecaptcha:width=100,height=50,charset=23456789abcdefghjkmpqrstuvwxy,min_length=4,max_length=4"
 
@@ -48,8 +48,8 @@ def main() -> int:
     val = datasets.generate(generator, params, args.val_samples, shape, chain, seed=f"val:{args.seed}")
     t_data = time.perf_counter() - t0
 
-    from training.models import ModelConfig
-    from training.train import TrainConfig, fit, parse_augment
+    from capserve.training.models import ModelConfig
+    from capserve.training.train import TrainConfig, fit, parse_augment
 
     charset = params["charset"]
     config = ModelConfig(height=shape.height, width=shape.width, channels=1, charset_size=len(charset),

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from model_registry.errors import ModelUnavailable, UnknownSite
-from model_registry.model import Model
-from model_registry.runtime import RuntimeLoadError
-from model_registry.spec import ENTRY_FILE, SITE_PATTERN, SpecError, load_spec
-from plugins.images import DEFAULT_LIMITS, ImageLimits
+from capserve.core.errors import ModelUnavailable, UnknownSite
+from capserve.core.model import Model
+from capserve.core.runtime import RuntimeLoadError
+from capserve.core.spec import ENTRY_FILE, SITE_PATTERN, SpecError, load_spec
+from capserve.core.images import DEFAULT_LIMITS, ImageLimits
+from capserve.plugins import manager
 
 log = logging.getLogger("capserve.registry")
 
@@ -185,7 +186,7 @@ class Registry:
             if spec_only:
                 entry.state = UNLOADED
                 return
-            model = Model(spec, limits=self.limits, max_interpreters=self.max_interpreters)
+            model = Model(spec, manager.catalog(), limits=self.limits, max_interpreters=self.max_interpreters)
             model.warm_up()
         except (SpecError, RuntimeLoadError) as exc:
             entry.state, entry.error = FAILED, str(exc)

@@ -20,7 +20,7 @@ hookimpl = pluggy.HookimplMarker("capserve")
 
 @hookspec
 def register_preprocess_steps():
-    """Return a list of ``plugins.steps.Step`` objects for preprocess chains.
+    """Return a list of ``core.steps.Step`` objects for preprocess chains.
 
     A preprocess step's function is called as ``func(image, **params)`` where ``image`` is a
     numpy array of shape ``(H, W, C)`` (uint8 or float32; ``C`` is 1, 3 or 4) and returns an
@@ -33,7 +33,7 @@ def register_preprocess_steps():
 
 @hookspec
 def register_postprocess_steps():
-    """Return a list of ``plugins.steps.Step`` objects for postprocess chains.
+    """Return a list of ``core.steps.Step`` objects for postprocess chains.
 
     A postprocess step's function is called as ``func(text, confidences, **params)`` where
     ``text`` is the decoded string and ``confidences`` a tuple of per-character probabilities
@@ -43,7 +43,7 @@ def register_postprocess_steps():
 
 @hookspec
 def register_generators():
-    """Return a list of ``plugins.steps.Generator`` objects for synthetic training data.
+    """Return a list of ``core.steps.Generator`` objects for synthetic training data.
 
     A generator's function is called as ``func(rng, **params)`` with a ``random.Random`` and
     returns ``(image, label)``: a ``PIL.Image.Image`` and the text drawn in it. The training

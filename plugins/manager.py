@@ -14,18 +14,20 @@ from typing import Any
 
 import pluggy
 
-from plugins import hookspecs
-from plugins.steps import Generator, Step
+from capserve.core import chain
+from capserve.core.chain import InputShape, Postprocessor, Preprocessor
+from capserve.core.steps import Catalog
+from capserve.plugins import hookspecs
 
 ENTRY_POINT_GROUP = "capserve"
 
 BUILTIN_PLUGINS = (
-    "plugins.builtin.colour",
-    "plugins.builtin.frames",
-    "plugins.builtin.geometry",
-    "plugins.builtin.cleaning",
-    "plugins.builtin.text",
-    "plugins.builtin.generators",
+    "capserve.plugins.builtin.colour",
+    "capserve.plugins.builtin.frames",
+    "capserve.plugins.builtin.geometry",
+    "capserve.plugins.builtin.cleaning",
+    "capserve.plugins.builtin.text",
+    "capserve.plugins.builtin.generators",
 )
 
 pm = pluggy.PluginManager("capserve")
@@ -44,48 +46,59 @@ for _name in BUILTIN_PLUGINS:
         pm.register(_module, _name)
 
 
-_hooktrace = pm.trace.root.get("hook")
+HOOKS = {
+    "register_preprocess_steps": "preprocess",
+    "register_postprocess_steps": "postprocess",
+    "register_generators": "generators",
+}
+
+_cache: tuple[frozenset[int], Catalog, dict[str, dict[str, list[str]]]] | None = None
 
 
-def _call(hook_name: str, plugin_name: str | None, func: Any) -> list[Any]:
-    """Call one plugin's hook implementation, tracing it like pluggy does.
-
-    Implementations are called one at a time (to know which plugin gave what), which bypasses
-    pluggy's hook-call monitoring, so the trace of ``CAPSERVE_TRACE_PLUGINS`` is written here.
-    """
-    _hooktrace.root.indent += 1
-    _hooktrace(hook_name, {"plugin": plugin_name})
-    items = list(func() or ())
-    _hooktrace("finish", hook_name, "-->", [item.name for item in items])
-    _hooktrace.root.indent -= 1
-    return items
-
-
-def _collect(hook: Any, kind: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for impl in hook.get_hookimpls():
-        for item in _call(hook.name, impl.plugin_name, impl.function):
-            if item.name in found:
-                raise RuntimeError(
-                    f"{kind} {item.name!r} is registered twice (again by plugin {impl.plugin_name!r})"
-                )
-            found[item.name] = item
-    return found
+def _build() -> tuple[frozenset[int], Catalog, dict[str, dict[str, list[str]]]]:
+    """Call every registration hook through pluggy, one plugin at a time (a subset caller), so
+    that each step is known with the plugin that gave it and a name given twice is refused."""
+    plugins = pm.get_plugins()
+    found: dict[str, dict[str, Any]] = {kind: {} for kind in HOOKS.values()}
+    provided: dict[str, dict[str, list[str]]] = {}
+    for plugin in plugins:
+        name = pm.get_name(plugin)
+        provided[name] = {}
+        others = [p for p in plugins if p is not plugin]
+        implemented = {caller.name for caller in pm.get_hookcallers(plugin) or ()}
+        for hook, kind in HOOKS.items():
+            if hook not in implemented:
+                continue
+            items = [item for result in pm.subset_hook_caller(hook, remove_plugins=others)() for item in result or ()]
+            for item in items:
+                if item.name in found[kind]:
+                    raise RuntimeError(f"{kind} {item.name!r} is registered twice (again by plugin {name!r})")
+                found[kind][item.name] = item
+            provided[name][kind] = [item.name for item in items]
+    return frozenset(map(id, plugins)), Catalog(**found), provided
 
 
-def preprocess_steps() -> dict[str, Step]:
-    """Every preprocess step of every loaded plugin, by name."""
-    return _collect(pm.hook.register_preprocess_steps, "preprocess step")
+def _current() -> tuple[frozenset[int], Catalog, dict[str, dict[str, list[str]]]]:
+    global _cache
+    if _cache is None or _cache[0] != frozenset(map(id, pm.get_plugins())):
+        _cache = _build()
+    return _cache
 
 
-def postprocess_steps() -> dict[str, Step]:
-    """Every postprocess step of every loaded plugin, by name."""
-    return _collect(pm.hook.register_postprocess_steps, "postprocess step")
+def catalog() -> Catalog:
+    """Every step and generator of the loaded plugins; built once, again only when a plugin
+    is registered or unregistered."""
+    return _current()[1]
 
 
-def generators() -> dict[str, Generator]:
-    """Every training-data generator of every loaded plugin, by name."""
-    return _collect(pm.hook.register_generators, "generator")
+def compile_preprocess(items: Any, shape: InputShape) -> Preprocessor:
+    """``core.chain.compile_preprocess`` with the loaded plugins' steps."""
+    return chain.compile_preprocess(items, shape, catalog().preprocess)
+
+
+def compile_postprocess(items: Any) -> Postprocessor:
+    """``core.chain.compile_postprocess`` with the loaded plugins' steps."""
+    return chain.compile_postprocess(items, catalog().postprocess)
 
 
 def _origin(plugin: Any) -> tuple[str, str | None]:
@@ -104,18 +117,10 @@ def _own_version() -> str | None:
 
 def list_plugins() -> list[dict[str, Any]]:
     """One description per loaded plugin: its name, origin, version and what it provides."""
+    provided = _current()[2]
     out = []
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin)
         origin, version = _origin(plugin)
-        provided: dict[str, list[str]] = {}
-        for hook, key in (
-            ("register_preprocess_steps", "preprocess"),
-            ("register_postprocess_steps", "postprocess"),
-            ("register_generators", "generators"),
-        ):
-            func = getattr(plugin, hook, None)
-            if func is not None:
-                provided[key] = [item.name for item in _call(hook, name, func)]
-        out.append({"name": name, "origin": origin, "version": version, **provided})
+        out.append({"name": name, "origin": origin, "version": version, **provided.get(name, {})})
     return sorted(out, key=lambda p: (p["origin"] != "builtin", p["name"]))

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from scf_adapter import asgi_call, events
+from capserve.scf_adapter import asgi_call, events
 
 
 def bad_event_answer(exc: Exception) -> dict:

@@ -3,7 +3,7 @@
 The app sees exactly what uvicorn would give it for the same request (an ``http`` scope,
 the body in one ``http.request`` message, ``http.disconnect`` once the response is sent),
 so routing, parsing and error answers are the HTTP server's own. Lifespan is not run:
-whoever builds the app loads what it needs first (``scf_adapter.handler`` does, at import).
+whoever builds the app loads what it needs first (``capserve.scf_adapter.handler`` does, at import).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 import urllib.parse
 from typing import Any, Awaitable, Callable
 
-from scf_adapter.events import HttpRequest, HttpResponse
+from capserve.scf_adapter.events import HttpRequest, HttpResponse
 
 log = logging.getLogger("capserve.scf")
 

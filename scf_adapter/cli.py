@@ -42,7 +42,7 @@ def add_parsers(subparsers) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from scf_adapter import package
+    from capserve.scf_adapter import package
 
     options = package.Options(
         out=args.out, sites=args.site, mode=args.mode, registry=args.registry, python=args.python,

@@ -10,7 +10,7 @@ Environment:
 ``CAPSERVE_REGISTRY``
     registry folders (``os.pathsep``-separated); default: the entries bundled in the package.
 ``CAPSERVE_BASE_PATH``
-    a path prefix the trigger adds, stripped before routing (see ``scf_adapter.events``).
+    a path prefix the trigger adds, stripped before routing (see ``capserve.scf_adapter.events``).
 ``CAPSERVE_SCF_REFRESH_INTERVAL``
     seconds; when set, an invocation rescans the registry if the last scan is older (for a
     registry on a mounted file system, CFS). Default 0: load once per container.
@@ -25,9 +25,9 @@ import os
 import time
 from typing import Any
 
-from scf_adapter import adapter
-from server.app import create_app, registry_from_settings
-from server.settings import Settings
+from capserve.scf_adapter import adapter
+from capserve.server.app import create_app, registry_from_settings
+from capserve.server.settings import Settings
 
 log = logging.getLogger("capserve.scf")
 

@@ -39,7 +39,7 @@ import yaml
 
 SCF_LIMIT_BYTES = 500 * 1024 * 1024  # SCF: code package at most 500 MB unzipped
 SIZE_GOAL_BYTES = 150 * 1024 * 1024
-SERVING_PACKAGES = ("server", "model_registry", "plugins", "scf_adapter")
+SERVING_PACKAGES = ("core", "plugins", "model_registry", "server", "scf_adapter")
 SERVING_REQUIREMENTS = (
     "ai-edge-litert>=1.2",
     "numpy>=1.26",
@@ -67,7 +67,7 @@ OTHER_PYTHONS = ("3.11", "3.12", "3.13")
 DEFAULT_WHEELHOUSE = Path(os.environ.get("CAPSERVE_WHEELHOUSE", Path.home() / ".cache" / "capserve" / "wheels"))
 
 INDEX_PY = '''"""SCF event-function entry: handler ``index.main_handler`` (written by capserve scf package)."""
-from scf_adapter.handler import main_handler  # noqa: F401  (loads the registry at import)
+from capserve.scf_adapter.handler import main_handler  # noqa: F401  (loads the registry at import)
 '''
 
 
@@ -114,14 +114,15 @@ def log(message: str) -> None:
 # -- sources and entries ------------------------------------------------------------------------
 
 
-def source_root() -> Path:
-    import server
+def package_folder(package: str) -> Path:
+    """Where ``capserve.<package>`` is installed (the repository folder in an editable install)."""
+    import importlib
 
-    return Path(server.__file__).resolve().parent.parent
+    return Path(importlib.import_module(f"capserve.{package}").__file__).resolve().parent
 
 
 def copy_sources(stage: Path) -> None:
-    root = source_root()
+    """The serving packages as ``capserve/<package>/`` (``capserve`` a namespace package)."""
 
     def ignore(folder: str, names: list[str]) -> list[str]:
         here = Path(folder)
@@ -136,13 +137,13 @@ def copy_sources(stage: Path) -> None:
         return skipped
 
     for package in SERVING_PACKAGES:
-        shutil.copytree(root / package, stage / package, ignore=ignore)
-    (stage / "model_registry" / "bundled").mkdir(exist_ok=True)
+        shutil.copytree(package_folder(package), stage / "capserve" / package, ignore=ignore)
+    (stage / "capserve" / "model_registry" / "bundled").mkdir(exist_ok=True)
 
 
 def select_entries(roots: list[Path], sites: list[str]) -> list[tuple[str, int, Path]]:
     """(site, version, folder) of the serving entry of each site; every entry must load."""
-    from model_registry.registry import Registry
+    from capserve.model_registry.registry import Registry
 
     registry = Registry(roots or None)
     registry.refresh()
@@ -163,7 +164,7 @@ def select_entries(roots: list[Path], sites: list[str]) -> list[tuple[str, int, 
 
 
 def copy_entries(stage: Path, chosen: list[tuple[str, int, Path]]) -> None:
-    bundled = stage / "model_registry" / "bundled"
+    bundled = stage / "capserve" / "model_registry" / "bundled"
     for site, version, folder in chosen:
         target = bundled / site / str(version)
         target.mkdir(parents=True)
@@ -225,6 +226,8 @@ def check_forbidden(stage: Path) -> None:
         top = path.name.split("-")[0].split(".")[0].lower()
         if top in FORBIDDEN:
             found.append(path.name)
+    if (stage / "capserve" / "training").exists():
+        found.append("capserve/training")
     if found:
         raise PackageError(f"the package must not contain {', '.join(sorted(found))}")
 

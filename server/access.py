@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from model_registry.errors import CapserveError
+from capserve.core.errors import CapserveError
 
 
 class Unauthorized(CapserveError):

@@ -16,15 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from model_registry.errors import CapserveError, RecognitionFailed, UnknownSite
-from model_registry.registry import Registry
-from plugins import manager
-from server.metrics import Metrics
-from server.openapi import openapi_schema
-from server.access import Access
-from server.parsing import image_bytes, read_body, wants_details
-from server.responses import FastJSONResponse, error_response
-from server.settings import Settings
+from capserve.core.errors import CapserveError, RecognitionFailed, UnknownSite
+from capserve.model_registry.registry import Registry
+from capserve.plugins import manager
+from capserve.server.metrics import Metrics
+from capserve.server.openapi import openapi_schema
+from capserve.server.access import Access
+from capserve.server.parsing import image_bytes, read_body, wants_details
+from capserve.server.responses import FastJSONResponse, error_response
+from capserve.server.settings import Settings
 
 
 def create_app(

@@ -38,7 +38,7 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-from server import accept
+from capserve.server import accept
 
 BALANCE_DIR_ENV = "CAPSERVE_BALANCE_DIR"
 MAX_WORKERS = 256

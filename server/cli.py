@@ -9,11 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-from model_registry.errors import CapserveError
+from capserve.core.errors import CapserveError
 
 # Packages that add subcommands: each has ``add_parsers(subparsers)``. A missing optional
 # dependency (TensorFlow for training) only removes its commands from the help.
-SUBCOMMAND_MODULES = ("training.cli", "scf_adapter.cli")
+SUBCOMMAND_MODULES = ("capserve.training.cli", "capserve.scf_adapter.cli")
 
 
 def _registry_args(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def _registry_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_registry(args: argparse.Namespace):
-    from model_registry.registry import Registry
+    from capserve.model_registry.registry import Registry
 
     registry = Registry(args.registry or None)
     registry.refresh()
@@ -34,8 +34,8 @@ def _load_registry(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server import workers
-    from server.protocol import HTTP_PROTOCOL
+    from capserve.server import workers
+    from capserve.server.protocol import HTTP_PROTOCOL
 
     # Worker processes build their own app, so the options travel by environment.
     if args.registry:
@@ -54,15 +54,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
         # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
         shared_socket = os.environ.get("CAPSERVE_REUSE_PORT", "1") == "0"
-        workers.run(uvicorn.Config("server.app:create_app", **options), shared_socket=shared_socket)
+        workers.run(uvicorn.Config("capserve.server.app:create_app", **options), shared_socket=shared_socket)
     return 0
 
 
 def _settings_problem() -> str | None:
     """What is wrong with the environment's settings, found before any worker starts (a worker
     that fails on them would be restarted over and over by uvicorn's supervisor)."""
-    from server.access import Access
-    from server.settings import Settings
+    from capserve.server.access import Access
+    from capserve.server.settings import Settings
 
     try:
         Settings()
@@ -108,7 +108,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from plugins import manager
+    from capserve.plugins import manager
 
     plugins = manager.list_plugins()
     if args.json:

@@ -13,7 +13,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from model_registry.registry import AVAILABLE, FAILED, LOADING, Registry
+from capserve.model_registry.registry import AVAILABLE, FAILED, LOADING, Registry
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from model_registry.spec import SITE_PATTERN
+from capserve.core.spec import SITE_PATTERN
 
 _ERROR = {
     "type": "object",

@@ -18,7 +18,7 @@ import socket
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from server import accept, balance
+from capserve.server import accept, balance
 
 
 class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]

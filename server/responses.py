@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse
 
-from model_registry.errors import CapserveError
+from capserve.core.errors import CapserveError
 
 
 class FastJSONResponse(JSONResponse):

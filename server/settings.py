@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from plugins.images import DEFAULT_FORMATS, ImageLimits
+from capserve.core.images import DEFAULT_FORMATS, ImageLimits
 
 
 def _env_int(name: str, default: int) -> int:

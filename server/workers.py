@@ -35,7 +35,7 @@ from pathlib import Path
 
 import uvicorn
 
-from server import accept
+from capserve.server import accept
 
 
 def reuse_port_available() -> bool:
@@ -150,8 +150,8 @@ def shared_state(workers: int):
     """With several workers, a temporary folder they share, removed when the server stops:
     Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
     given by the operator is used as is), and the connection counts of server/balance.py."""
-    from server.balance import BALANCE_DIR_ENV, create_folder
-    from server.metrics import MULTIPROCESS_ENV, multiprocess_dir
+    from capserve.server.balance import BALANCE_DIR_ENV, create_folder
+    from capserve.server.metrics import MULTIPROCESS_ENV, multiprocess_dir
 
     if workers < 2:
         yield

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _own_listening_sockets(monkeypatch):
     """Each test starts with no registered listening sockets (server/accept.py keeps them per
     process, as a worker does for its whole life)."""
-    from server import accept
+    from capserve.server import accept
 
     monkeypatch.setattr(accept, "_listeners", [])
 

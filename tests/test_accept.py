@@ -12,9 +12,9 @@ import uvicorn
 import uvloop
 from uvicorn.server import ServerState
 
-from server import accept
-from server.protocol import HTTP_PROTOCOL
-from server.workers import bind
+from capserve.server import accept
+from capserve.server.protocol import HTTP_PROTOCOL
+from capserve.server.workers import bind
 
 
 @pytest.fixture

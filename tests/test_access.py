@@ -9,10 +9,10 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from model_registry.registry import Registry
-from server.access import Access, ApiKey, digest, load_keys, signature
-from server.app import create_app
-from server.settings import Settings
+from capserve.model_registry.registry import Registry
+from capserve.server.access import Access, ApiKey, digest, load_keys, signature
+from capserve.server.app import create_app
+from capserve.server.settings import Settings
 from tests import model_factory
 from tests.conftest import png_bytes
 
@@ -123,7 +123,7 @@ def test_hmac_signing(two_sites):
 
 
 def test_keys_rate_limits_and_signing_hold_in_the_scf_adapter(two_sites):
-    from scf_adapter import adapter
+    from capserve.scf_adapter import adapter
     from tests.test_scf_adapter import KINDS, make_event
 
     secret = b"s3cret"

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from server import balance
-from server.balance import LEAVING, Balancer, create_folder
+from capserve.server import balance
+from capserve.server.balance import LEAVING, Balancer, create_folder
 
 
 def _never_called():
@@ -147,7 +147,7 @@ def test_a_stopping_worker_passes_on_what_reaches_it(pair, conns):
 
 
 def test_a_worker_whose_listening_socket_closed_passes_on_what_reaches_it(pair, conns):
-    from server import accept
+    from capserve.server import accept
 
     first, second = pair
     own = accept.listening(socket.create_server(("127.0.0.1", 0)))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from model_registry.registry import Registry
-from server.cli import main
+from capserve.model_registry.registry import Registry
+from capserve.server.cli import main
 from tests import model_factory
 from tests.conftest import png_bytes
 

@@ -7,13 +7,13 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_registry.registry import Registry
-from server.cli import build_parser
-from server.metrics import Metrics
+from capserve.model_registry.registry import Registry
+from capserve.server.cli import build_parser
+from capserve.server.metrics import Metrics
 from tests.conftest import REPO
 
 DOC = (REPO / "docs" / "operating.md").read_text()
-PACKAGES = ("server", "model_registry", "plugins", "scf_adapter", "training")
+PACKAGES = ("core", "server", "model_registry", "plugins", "scf_adapter", "training")
 
 
 def _section(title: str) -> str:

@@ -8,9 +8,9 @@ import threading
 
 from starlette.testclient import TestClient
 
-from model_registry.registry import AVAILABLE, FAILED, Registry
-from server.app import create_app
-from server.settings import Settings
+from capserve.model_registry.registry import AVAILABLE, FAILED, Registry
+from capserve.server.app import create_app
+from capserve.server.settings import Settings
 from tests import model_factory
 from tests.conftest import png_bytes
 from tests.test_registry import touch_later

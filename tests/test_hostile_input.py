@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
-from model_registry.errors import BadBase64, CapserveError
-from model_registry.registry import Registry
-from plugins.images import ImageLimits, decode_image
-from server.app import create_app
-from server.parsing import decode_base64
-from server.settings import Settings
+from capserve.core.errors import BadBase64, CapserveError
+from capserve.model_registry.registry import Registry
+from capserve.core.images import ImageLimits, decode_image
+from capserve.server.app import create_app
+from capserve.server.parsing import decode_base64
+from capserve.server.settings import Settings
 from tests.conftest import png_bytes
 
 MAX_BODY = 512 * 1024

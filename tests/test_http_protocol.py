@@ -8,7 +8,7 @@ import socket
 import uvicorn
 from uvicorn.server import ServerState
 
-from server.protocol import HTTP_PROTOCOL
+from capserve.server.protocol import HTTP_PROTOCOL
 
 
 async def _nodelay_after_connection(http: str) -> int:

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_registry.registry import AVAILABLE, UNLOADED, Registry
-from server.app import create_app
-from server.settings import Settings
+from capserve.model_registry.registry import AVAILABLE, UNLOADED, Registry
+from capserve.server.app import create_app
+from capserve.server.settings import Settings
 from tests import model_factory
 from tests.test_serve_process import start_server
 from tests.conftest import png_bytes

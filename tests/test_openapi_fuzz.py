@@ -9,9 +9,9 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from model_registry.registry import Registry  # noqa: E402
-from server.app import create_app  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from capserve.model_registry.registry import Registry  # noqa: E402
+from capserve.server.app import create_app  # noqa: E402
+from capserve.server.settings import Settings  # noqa: E402
 
 
 def _app(tmp_path_factory):

@@ -5,7 +5,7 @@ The package is installed with pip into a temporary ``--target`` folder, not into
 virtualenv: other test runs share the virtualenv, and a plugin left installed there would
 change what they load. Everything that must see the plugin runs in a fresh interpreter with
 that folder on ``PYTHONPATH``, since the plugin manager reads entry points when
-``plugins.manager`` is first imported.
+``capserve.plugins.manager`` is first imported.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ def test_entry_point_discovery_lists_origin_and_version(plugin_path):
     result = run_python(
         """
         import json
-        from plugins import manager
+        from capserve.plugins import manager
         print(json.dumps({
             "plugins": manager.list_plugins(),
-            "pre": {k: v.describe() for k, v in manager.preprocess_steps().items()},
-            "post": sorted(manager.postprocess_steps()),
+            "pre": {k: v.describe() for k, v in manager.catalog().preprocess.items()},
+            "post": sorted(manager.catalog().postprocess),
         }))
         """,
         plugin_path,
@@ -85,23 +85,23 @@ def test_entry_point_discovery_lists_origin_and_version(plugin_path):
 
 
 def test_without_the_install_the_plugin_is_absent():
-    result = run_python("from plugins import manager; print(sorted(manager.preprocess_steps()))", None)
+    result = run_python("from capserve.plugins import manager; print(sorted(manager.catalog().preprocess))", None)
     assert result.returncode == 0, result.stderr
     assert "example_gamma" not in result.stdout and "grayscale" in result.stdout
 
 
 def test_load_plugins_0_skips_entry_points(plugin_path):
     result = run_python(
-        "from plugins import manager; print([p['name'] for p in manager.list_plugins()])",
+        "from capserve.plugins import manager; print([p['name'] for p in manager.list_plugins()])",
         plugin_path,
         CAPSERVE_LOAD_PLUGINS="0",
     )
     assert result.returncode == 0, result.stderr
-    assert "'example'" not in result.stdout and "plugins.builtin.colour" in result.stdout
+    assert "'example'" not in result.stdout and "capserve.plugins.builtin.colour" in result.stdout
 
 
 def test_capserve_plugins_cli_lists_it(plugin_path):
-    result = run_python("import sys; from server.cli import main; sys.exit(main(['plugins']))", plugin_path)
+    result = run_python("import sys; from capserve.server.cli import main; sys.exit(main(['plugins']))", plugin_path)
     assert result.returncode == 0, result.stderr
     assert f"example  ({DIST_NAME} {DIST_VERSION})" in result.stdout
     assert "preprocess: example_gamma" in result.stdout
@@ -133,8 +133,9 @@ def test_registry_entry_naming_its_steps_compiles_and_runs(plugin_path, tmp_path
         import io, json
         import numpy as np
         from PIL import Image
-        from model_registry.spec import load_spec
-        from plugins.chain import InputShape, compile_preprocess, compile_postprocess
+        from capserve.core.spec import load_spec
+        from capserve.core.chain import InputShape
+        from capserve.plugins.manager import compile_preprocess, compile_postprocess
 
         spec = load_spec(__import__("pathlib").Path({str(entry)!r}))
         pre = compile_preprocess(spec.preprocess, InputShape(spec.width, spec.height, spec.channels))
@@ -160,7 +161,7 @@ def test_registry_entry_naming_its_steps_compiles_and_runs(plugin_path, tmp_path
 
 def test_served_over_http(plugin_path, tmp_path, tiny_model_bytes):
     """The example plugin end to end: registry entry -> Starlette app -> /recognize and /v1/plugins."""
-    pytest.importorskip("server.app")
+    pytest.importorskip("capserve.server.app")
     from tests import model_factory
 
     root = tmp_path / "registry"
@@ -183,8 +184,8 @@ def test_served_over_http(plugin_path, tmp_path, tiny_model_bytes):
         import base64, io, json
         from PIL import Image, ImageDraw
         from starlette.testclient import TestClient
-        from model_registry.registry import Registry
-        from server.app import create_app
+        from capserve.model_registry.registry import Registry
+        from capserve.server.app import create_app
 
         image = Image.new("RGB", (100, 50), "white")
         ImageDraw.Draw(image).text((10, 15), "1234", fill="black")

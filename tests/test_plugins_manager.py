@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from plugins import manager
+from capserve.plugins import manager
 
 REPO = Path(__file__).resolve().parent.parent
 
 OWN_PREPROCESS = {
-    "plugins.builtin.colour": ["grayscale", "normalize", "invert", "keep_colors", "drop_colors", "flatten_alpha"],
-    "plugins.builtin.frames": ["frames_concat", "frames_blend", "frames_median", "frames_min", "frames_max", "frames_pick"],
-    "plugins.builtin.geometry": ["resize", "crop", "trim"],
-    "plugins.builtin.cleaning": ["threshold", "median_filter", "remove_specks"],
+    "capserve.plugins.builtin.colour": ["grayscale", "normalize", "invert", "keep_colors", "drop_colors", "flatten_alpha"],
+    "capserve.plugins.builtin.frames": ["frames_concat", "frames_blend", "frames_median", "frames_min", "frames_max", "frames_pick"],
+    "capserve.plugins.builtin.geometry": ["resize", "crop", "trim"],
+    "capserve.plugins.builtin.cleaning": ["threshold", "median_filter", "remove_specks"],
 }
 
 
@@ -26,11 +26,11 @@ def test_builtins_are_registered_as_modules_and_listed():
         assert name in listed and listed[name]["origin"] == "builtin"
     for name, steps in OWN_PREPROCESS.items():
         assert listed[name]["preprocess"] == steps
-    assert listed["plugins.builtin.text"]["postprocess"] == ["arithmetic", "case", "map_chars"]
+    assert listed["capserve.plugins.builtin.text"]["postprocess"] == ["arithmetic", "case", "map_chars"]
 
 
 def test_every_builtin_step_is_described_with_its_params():
-    for catalog in (manager.preprocess_steps(), manager.postprocess_steps()):
+    for catalog in (manager.catalog().preprocess, manager.catalog().postprocess):
         for name, step in catalog.items():
             described = step.describe()
             json.dumps(described)  # the HTTP listing serialises it
@@ -44,8 +44,8 @@ def test_every_builtin_step_is_described_with_its_params():
 
 
 def test_frames_steps_are_marked():
-    steps = manager.preprocess_steps()
-    assert {name for name, step in steps.items() if step.frames} == set(OWN_PREPROCESS["plugins.builtin.frames"])
+    steps = manager.catalog().preprocess
+    assert {name for name, step in steps.items() if step.frames} == set(OWN_PREPROCESS["capserve.plugins.builtin.frames"])
     assert steps["frames_min"].describe()["frames"] is True
 
 
@@ -53,13 +53,13 @@ def test_trace_env_var_prints_hook_calls():
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSERVE_")}
     env.update(CAPSERVE_TRACE_PLUGINS="1", CAPSERVE_LOAD_PLUGINS="0", PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [sys.executable, "-c", "from plugins import manager; manager.preprocess_steps()"],
+        [sys.executable, "-c", "from capserve.plugins import manager; manager.catalog().preprocess"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "register_preprocess_steps" in result.stderr and "finish register_preprocess_steps" in result.stderr
     quiet = subprocess.run(
-        [sys.executable, "-c", "from plugins import manager; manager.preprocess_steps()"],
+        [sys.executable, "-c", "from capserve.plugins import manager; manager.catalog().preprocess"],
         cwd=REPO, env={**env, "CAPSERVE_TRACE_PLUGINS": "0"}, capture_output=True, text=True, timeout=120,
     )
     assert "register_preprocess_steps" not in quiet.stderr
@@ -67,6 +67,6 @@ def test_trace_env_var_prints_hook_calls():
 
 def test_the_plugin_guide_documents_every_builtin_step():
     guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
-    for name in list(manager.preprocess_steps()) + list(manager.postprocess_steps()):
+    for name in list(manager.catalog().preprocess) + list(manager.catalog().postprocess):
         if not name.startswith("example_"):
             assert f"`{name}`" in guide, name

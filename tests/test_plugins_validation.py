@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.chain import ChainError, InputShape, compile_postprocess, compile_preprocess
-from plugins.steps import Param, ParamError, bind_params
+from capserve.core.chain import ChainError, InputShape
+from capserve.plugins.manager import compile_postprocess, compile_preprocess
+from capserve.core.steps import Param, ParamError, bind_params
 
 SHAPE = InputShape(64, 32, 1)
 
@@ -142,7 +143,7 @@ def two_entries(tmp_path, tiny_model_bytes):
 
 
 def test_registry_reports_file_index_and_reason_and_keeps_serving_the_rest(two_entries):
-    from model_registry.registry import Registry
+    from capserve.model_registry.registry import Registry
 
     root, good, bad = two_entries
     registry = Registry([root])
@@ -157,7 +158,7 @@ def test_registry_reports_file_index_and_reason_and_keeps_serving_the_rest(two_e
 
 
 def test_registry_reports_postprocess_errors_too(tmp_path, tiny_model_bytes):
-    from model_registry.registry import Registry
+    from capserve.model_registry.registry import Registry
     from tests import model_factory
 
     path = model_factory.write_entry(

@@ -49,7 +49,7 @@ def test_serving_dependencies_leave_tensorflow_out():
     assert not [d for d in project["dependencies"] if re.match(r"(tensorflow|keras)", d)]
     code = (
         "import sys, base64; from starlette.testclient import TestClient;"
-        "from server.app import create_app; import scf_adapter.handler;"
+        "from capserve.server.app import create_app; import scf_adapter.handler;"
         "c = TestClient(create_app(watch=False)).__enter__();"
         "img = base64.b64encode(open('docs/examples/demo-7kp3.png','rb').read()).decode();"
         "r = c.get('/recognize/demo', params={'base64Image': img}); assert r.status_code == 200, r.text;"

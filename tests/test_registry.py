@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model_registry.errors import UnknownSite
-from model_registry.registry import AVAILABLE, FAILED, Registry
+from capserve.core.errors import UnknownSite
+from capserve.model_registry.registry import AVAILABLE, FAILED, Registry
 from tests import model_factory
 from tests.conftest import png_bytes
 
@@ -165,7 +165,7 @@ def test_entries_through_links_outside_the_registry_are_ignored(tmp_path, tiny_m
 
 
 def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_bytes):
-    from model_registry.registry import UNLOADED
+    from capserve.model_registry.registry import UNLOADED
 
     model_factory.write_entry(registry_dir / "tiny" / "2", tiny_model_bytes, version=2)
     model_factory.write_entry(registry_dir / "bad" / "1", tiny_model_bytes, site="bad", charset="01")
@@ -184,7 +184,7 @@ def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_by
 
 
 def test_loading_runs_a_blank_image_through_the_whole_path(registry_dir, monkeypatch):
-    from model_registry.model import Model
+    from capserve.core.model import Model
 
     seen = []
     recognize = Model.recognize
@@ -199,7 +199,7 @@ def test_loading_runs_a_blank_image_through_the_whole_path(registry_dir, monkeyp
 
 
 def test_a_warm_up_the_entry_cannot_answer_does_not_fail_it(registry_dir):
-    from plugins.images import ImageLimits
+    from capserve.core.images import ImageLimits
 
     registry = Registry([registry_dir], limits=ImageLimits(formats=("JPEG",)))  # the blank image is a PNG
     registry.refresh()

@@ -8,8 +8,8 @@ import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 
-from model_registry.decoders import ctc_greedy, fixed_argmax
-from model_registry.runtime import Runtime
+from capserve.core.decoders import ctc_greedy, fixed_argmax
+from capserve.core.runtime import Runtime
 
 
 def one_hot(indices, classes):

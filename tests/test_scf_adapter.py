@@ -3,7 +3,7 @@
 Events are built from the documented formats: Tencent API Gateway (integrated request),
 Tencent function URL (event function), AWS API Gateway REST (payload 1.0) and HTTP API
 (payload 2.0). Each request goes once through Starlette's TestClient and once through
-``scf_adapter.adapter.handle`` as an event, into the same app; status, content type and JSON
+``capserve.scf_adapter.adapter.handle`` as an event, into the same app; status, content type and JSON
 (less ``elapsed_ms``) must be equal.
 """
 
@@ -19,10 +19,10 @@ import urllib.parse
 import pytest
 from starlette.testclient import TestClient
 
-from model_registry.registry import Registry
-from scf_adapter import adapter, events
-from server.app import create_app
-from server.settings import Settings
+from capserve.model_registry.registry import Registry
+from capserve.scf_adapter import adapter, events
+from capserve.server.app import create_app
+from capserve.server.settings import Settings
 from tests.conftest import png_bytes
 
 KINDS = (events.TENCENT_APIGW, events.TENCENT_URL, events.AWS_V1, events.AWS_V2)
@@ -337,8 +337,8 @@ def test_event_kinds_are_told_apart(png):
 def test_main_handler_loads_models_once_at_import(registry_dir, monkeypatch, png):
     monkeypatch.setenv("CAPSERVE_REGISTRY", str(registry_dir))
     monkeypatch.delenv("CAPSERVE_SCF_REFRESH_INTERVAL", raising=False)
-    sys.modules.pop("scf_adapter.handler", None)
-    handler = importlib.import_module("scf_adapter.handler")
+    sys.modules.pop("capserve.scf_adapter.handler", None)
+    handler = importlib.import_module("capserve.scf_adapter.handler")
     try:
         assert handler.registry.sites() == ["tiny"]  # loaded by the import, before any event
         model = handler.registry.serving("tiny")
@@ -347,4 +347,4 @@ def test_main_handler_loads_models_once_at_import(registry_dir, monkeypatch, png
         assert first["statusCode"] == second["statusCode"] == 200
         assert handler.registry.serving("tiny") is model  # nothing reloaded per invocation
     finally:
-        sys.modules.pop("scf_adapter.handler", None)
+        sys.modules.pop("capserve.scf_adapter.handler", None)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scf_adapter import package
+from capserve.scf_adapter import package
 from tests import model_factory
 from tests.conftest import REPO, png_bytes
 
@@ -57,7 +57,7 @@ imported = time.perf_counter()
 answers = [main_handler(event, None) for event in json.load(sys.stdin)]
 done = time.perf_counter()
 modules = {name: getattr(sys.modules.get(name), "__file__", None)
-           for name in ("numpy", "starlette", "ai_edge_litert", "PIL", "server", "yaml")}
+           for name in ("numpy", "starlette", "ai_edge_litert", "PIL", "capserve.server", "capserve.core", "yaml")}
 print(json.dumps({"answers": answers, "sys_path": sys.path, "modules": modules,
                   "tensorflow": importlib.util.find_spec("tensorflow") is not None,
                   "import_s": imported - started, "answers_s": done - imported}))
@@ -101,7 +101,7 @@ def target(tmp_path_factory, tiny_model_bytes):
 
 
 def build_cli(out: Path, site: str, registry_args: list[str], *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "server.cli", "scf", "package", "--out", str(out), "--site", site,
+    command = [sys.executable, "-m", "capserve.server.cli", "scf", "package", "--out", str(out), "--site", site,
                "--python", HOST_PYTHON, *registry_args, *extra]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     if done.returncode != 0 and ("pip download failed" in done.stderr or "lacks wheels" in done.stderr):
@@ -114,8 +114,8 @@ def in_process_answers(site: str, registry_args: list[str], images) -> list[dict
     """What the HTTP app answers for the same images (TestClient on create_app)."""
     from starlette.testclient import TestClient
 
-    from model_registry.registry import Registry
-    from server.app import create_app
+    from capserve.model_registry.registry import Registry
+    from capserve.server.app import create_app
 
     roots = [Path(registry_args[1])] if registry_args else None
     with TestClient(create_app(Registry(roots), watch=False)) as client:
@@ -161,9 +161,11 @@ def test_package_contents(event_package, target):
         names = archive.namelist()
         unzipped = sum(info.file_size for info in archive.infolist())
     tops = {name.split("/")[0] for name in names}
-    assert "index.py" in tops and {"server", "model_registry", "plugins", "scf_adapter"} <= tops
-    assert not tops & {"training", "tensorflow", "keras", "tests"}, tops
-    bundled = {n.split("/")[2] for n in names if n.startswith("model_registry/bundled/") and n.endswith("model.yaml")}
+    packages = {name.split("/")[1] for name in names if name.startswith("capserve/")}
+    assert "index.py" in tops and {"core", "server", "model_registry", "plugins", "scf_adapter"} <= packages
+    assert not tops & {"server", "model_registry", "plugins", "training", "tensorflow", "keras", "tests"}, tops
+    assert "training" not in packages
+    bundled = {n.split("/")[3] for n in names if n.startswith("capserve/model_registry/bundled/") and n.endswith("model.yaml")}
     assert bundled == {site}
     assert any(n.endswith(".pyc") for n in names), "bytecode is shipped for the target Python"
     assert unzipped <= package.SCF_LIMIT_BYTES
@@ -230,8 +232,8 @@ def test_packaged_litert_runs_every_training_architecture(event_package, tmp_pat
     import numpy as np
 
     try:
-        from training.export import convert
-        from training.models import ARCHS, ModelConfig, build_model
+        from capserve.training.export import convert
+        from capserve.training.models import ARCHS, ModelConfig, build_model
     except ImportError as exc:
         pytest.skip(f"training is not importable here: {exc}")
     from ai_edge_litert.interpreter import Interpreter
@@ -381,7 +383,7 @@ def test_build_layout_without_dependencies(tmp_path, registry_dir, monkeypatch, 
     assert result.entries == [("tiny", 1)] and "unzipped size" in capsys.readouterr().err
     with zipfile.ZipFile(result.zip_path) as archive:
         names = set(archive.namelist())
-    assert "index.py" in names and "model_registry/bundled/tiny/1/model.yaml" in names
+    assert "index.py" in names and "capserve/model_registry/bundled/tiny/1/model.yaml" in names
     assert not any(n.startswith(("training/", "tests/")) or "__pycache__" in n for n in names)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_registry.registry import Registry
+from capserve.model_registry.registry import Registry
 from tests import model_factory
 from tests.conftest import REPO, png_bytes, stop
 
@@ -34,7 +34,7 @@ def start_server(registry: Path | None, *extra: str):
     port = free_port()
     env = {**os.environ, "CAPSERVE_WATCH_INTERVAL": "0.1"}
     env.pop("CAPSERVE_REGISTRY", None)
-    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning", *extra]
+    argv = [sys.executable, "-m", "capserve.server.cli", "serve", "--port", str(port), "--log-level", "warning", *extra]
     if registry is not None:
         argv += ["--registry", str(registry)]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -135,7 +135,7 @@ def test_a_port_in_use_fails_at_once_with_a_clear_message(registry_dir):
         taken.listen()
         port = taken.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port)],
+            [sys.executable, "-m", "capserve.server.cli", "serve", "--registry", str(registry_dir), "--port", str(port)],
             cwd=REPO, capture_output=True, text=True, timeout=60,
         )
     assert proc.returncode == 3  # uvicorn's STARTUP_FAILURE
@@ -152,7 +152,7 @@ def test_a_port_in_use_fails_at_once_with_a_clear_message(registry_dir):
 )
 def test_a_bad_setting_stops_the_server_before_any_worker_starts(registry_dir, workers, env, words):
     proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(free_port()),
+        [sys.executable, "-m", "capserve.server.cli", "serve", "--registry", str(registry_dir), "--port", str(free_port()),
          "--workers", workers],
         cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
     )

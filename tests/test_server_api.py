@@ -7,9 +7,9 @@ import base64
 import pytest
 from starlette.testclient import TestClient
 
-from model_registry.registry import Registry
-from server.app import create_app
-from server.settings import Settings
+from capserve.model_registry.registry import Registry
+from capserve.server.app import create_app
+from capserve.server.settings import Settings
 from tests.conftest import png_bytes
 
 
@@ -146,7 +146,7 @@ def test_health_ready_metrics_openapi_plugins(client, png):
     schema = client.get("/openapi.json").json()
     assert "/recognize/{site}" in schema["paths"] and schema["openapi"].startswith("3.")
     names = {p["name"] for p in client.get("/v1/plugins").json()["plugins"]}
-    assert "plugins.builtin.geometry" in names
+    assert "capserve.plugins.builtin.geometry" in names
 
 
 def test_unknown_route_and_method_are_json_errors(client):

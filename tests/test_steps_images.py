@@ -1,7 +1,7 @@
 """Every built-in preprocess step on an image with the property it handles.
 
 Images are drawn here with PIL, encoded (PNG or GIF), decoded by ``Preprocessor.decode``
-as the server does, and run through a chain compiled by ``plugins.chain.compile_preprocess``.
+as the server does, and run through a chain compiled by ``core.chain.compile_preprocess``.
 "The text reads" is measured against a clean rendering of the same text at the same place: the
 dark pixels of the chain's output overlap the clean text's dark pixels (intersection over union).
 """
@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from plugins.chain import InputShape, compile_preprocess
-from plugins.builtin.colour import grayscale
-from plugins.images import decode_image
+from capserve.core.chain import InputShape
+from capserve.plugins.manager import compile_preprocess
+from capserve.plugins.builtin.colour import grayscale
+from capserve.core.images import decode_image
 
 SIZE = (100, 50)
 TEXT = "4827"

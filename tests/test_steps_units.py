@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
-from plugins.builtin import cleaning, colour, frames, text
-from plugins.chain import compile_postprocess
+from capserve.plugins.builtin import cleaning, colour, frames, text
+from capserve.plugins.manager import compile_postprocess
 
 
 # ---------------------------------------------------------------------------------------------

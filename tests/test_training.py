@@ -20,15 +20,15 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from model_registry.model import Model  # noqa: E402
-from model_registry.registry import Registry  # noqa: E402
-from model_registry.spec import load_spec  # noqa: E402
-from plugins import manager  # noqa: E402
-from plugins.chain import InputShape  # noqa: E402
-from training import cli, datasets  # noqa: E402
-from training.export import MODES, ExportError, _convert, convert, export, run_file  # noqa: E402
-from training.models import ModelConfig, build_model  # noqa: E402
-from training.train import TrainConfig, fit, make_augment, parse_augment  # noqa: E402
+from capserve.core.model import Model  # noqa: E402
+from capserve.model_registry.registry import Registry  # noqa: E402
+from capserve.core.spec import load_spec  # noqa: E402
+from capserve.plugins import manager  # noqa: E402
+from capserve.core.chain import InputShape  # noqa: E402
+from capserve.training import cli, datasets  # noqa: E402
+from capserve.training.export import MODES, ExportError, _convert, convert, export, run_file  # noqa: E402
+from capserve.training.models import ModelConfig, build_model  # noqa: E402
+from capserve.training.train import TrainConfig, fit, make_augment, parse_augment  # noqa: E402
 
 from tests.training_helpers import BarsPlugin, bars, write_folder  # noqa: E402
 
@@ -122,7 +122,7 @@ def test_generator_training_writes_a_servable_entry(generator_entry):
     assert t["command"] in text and "| char |" in text
     assert len(json.loads((report / "history.json").read_text())) == t["epochs"]
 
-    model = Model(spec)
+    model = Model(spec, manager.catalog())
     samples = fresh_bars(100)
     correct = sum(model.recognize(png(image)).text == label for image, label in samples)
     assert correct >= 85
@@ -131,7 +131,7 @@ def test_generator_training_writes_a_servable_entry(generator_entry):
 def test_server_answers_with_the_trained_entry(generator_entry):
     from starlette.testclient import TestClient
 
-    from server.app import create_app
+    from capserve.server.app import create_app
 
     out, _ = generator_entry
     samples = fresh_bars(20, seed=5)
@@ -146,7 +146,7 @@ def test_server_answers_with_the_trained_entry(generator_entry):
 
 
 def test_next_version_and_no_overwrite(generator_entry, capsys):
-    from training.entry import next_version
+    from capserve.training.entry import next_version
 
     out, _ = generator_entry
     assert next_version(out, "bars") == 2
@@ -175,11 +175,11 @@ def test_folder_training_then_eval(tmp_path, capsys):
     assert spec.charset == "abc"
 
     # No skew: the tensor training used for a file is the served tensor of its bytes.
-    model = Model(spec)
+    model = Model(spec, manager.catalog())
     loaded, _ = datasets.load_folder(data, SHAPE, CHAIN)
     for source, tensor in list(zip(loaded.sources, loaded.x))[:25]:
         with open(source, "rb") as f:
-            assert np.array_equal(tensor, model.tensor(f.read()))
+            assert np.array_equal(tensor, model.preprocess.tensor(model.preprocess.decode(f.read(), model.limits)))
 
     fresh = tmp_path / "fresh"
     write_folder(fresh, 100, seed=77, charset="abc")
@@ -269,12 +269,12 @@ def test_fixed_length_head(tmp_path):
                                                         target_accuracy=0.95, progress="none"))
     exported = export(result.model, config, "abc", val.x, val.labels, mode="dynamic",
                       keras_predictions=result.predictions)
-    from training.entry import write_entry
+    from capserve.training.entry import write_entry
 
     folder = write_entry(tmp_path, site="fixed-bars", version=1, content=exported.content, width=64, height=16,
                          channels=1, charset="abc", decoder="fixed", min_length=3, max_length=3, preprocess=CHAIN,
                          postprocess=[], description="", training={"accuracy": exported.scores.sequence_accuracy})
-    model = Model(load_spec(folder / "model.yaml"))
+    model = Model(load_spec(folder / "model.yaml"), manager.catalog())
     assert model.runtime.output_shape == (1, 3, 3)
     samples = fresh_bars(40)
     samples = [(im, lb) for im, lb in samples if len(lb) == 3] or samples[:1]
@@ -373,7 +373,7 @@ def test_unseen_styles_transparency_animation_noise_case(tmp_path, capsys):
 
 
 def test_transparent_still_images_get_flatten_alpha(tmp_path):
-    from training.pipeline import TrainOptions, prepare
+    from capserve.training.pipeline import TrainOptions, prepare
     from tests.training_helpers import write_styled_folder
 
     write_styled_folder(tmp_path / "d", 40, charset="ab", styles=("alpha", "plain"))
@@ -385,7 +385,7 @@ def test_transparent_still_images_get_flatten_alpha(tmp_path):
 
 
 def test_refused_quantization_falls_back_to_a_less_quantized_mode(tmp_path, monkeypatch):
-    import training.export as export_module
+    import capserve.training.export as export_module
 
     real = export_module.export
 
@@ -406,7 +406,7 @@ def test_refused_quantization_falls_back_to_a_less_quantized_mode(tmp_path, monk
 
 
 def test_auto_epochs_give_small_datasets_enough_steps():
-    from training.pipeline import auto_epochs
+    from capserve.training.pipeline import auto_epochs
 
     assert auto_epochs(80000, 64) == 10
     assert auto_epochs(900, 64) == 150

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plugins import manager
-from plugins.chain import InputShape, compile_preprocess
-from training import datasets
-from training.datasets import DatasetError
-from training.metrics import align, score
+from capserve.plugins import manager
+from capserve.core.chain import InputShape
+from capserve.plugins.manager import compile_preprocess
+from capserve.training import datasets
+from capserve.training.datasets import DatasetError
+from capserve.training.metrics import align, score
 
 from tests.training_helpers import BarsPlugin, write_folder
 
@@ -128,12 +129,12 @@ def test_fixed_head_needs_one_length(tmp_path):
 
 
 def test_cli_reports_bad_dataset_before_training(tmp_path, monkeypatch, capsys):
-    from training import cli
+    from capserve.training import cli
 
     def no_training(*args, **kwargs):  # pragma: no cover - reached only on failure
         raise AssertionError("training started on a bad dataset")
 
-    monkeypatch.setattr("training.train.fit", no_training, raising=False)
+    monkeypatch.setattr("capserve.training.train.fit", no_training, raising=False)
     (tmp_path / "data").mkdir()
     code = cli.main(["train", "--site", "x", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "reg")])
     assert code == 2
@@ -143,8 +144,8 @@ def test_cli_reports_bad_dataset_before_training(tmp_path, monkeypatch, capsys):
 
 def test_serving_and_cli_import_no_tensorflow():
     code = (
-        "import sys, training.cli, training.evaluate, training.datasets, plugins.builtin.generators;"
-        "from plugins import manager; manager.generators();"
+        "import sys, capserve.training.cli, capserve.training.evaluate, capserve.training.datasets, capserve.plugins.builtin.generators;"
+        "from capserve.plugins import manager; manager.catalog().generators;"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -155,7 +156,7 @@ def test_serving_and_cli_import_no_tensorflow():
 
 
 def test_imagecaptcha_generator_is_registered_and_seeded():
-    gen = manager.generators()["imagecaptcha"]
+    gen = manager.catalog().generators["imagecaptcha"]
     params = gen.bind({"width": 100, "height": 50, "charset": "abc", "min_length": 3, "max_length": 5})
     a = gen.func(random.Random(7), **params)
     b = gen.func(random.Random(7), **params)
@@ -208,7 +209,7 @@ def test_generated_dataset_in_worker_processes_matches_in_process(bars_plugin):
 
 
 def test_generated_image_tensor_equals_the_served_tensor_of_its_png():
-    gen = manager.generators()["imagecaptcha"]
+    gen = manager.catalog().generators["imagecaptcha"]
     image, _ = gen.func(random.Random(1), **gen.bind({"width": 100, "height": 50}))
     pre = compile_preprocess(CHAIN, InputShape(100, 50, 1))
     buffer = io.BytesIO()

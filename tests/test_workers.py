@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.balance import BALANCE_DIR_ENV
-from server.workers import WorkerSocket, bind, reuse_port_available
+from capserve.server.balance import BALANCE_DIR_ENV
+from capserve.server.workers import WorkerSocket, bind, reuse_port_available
 from tests.conftest import REPO, png_bytes, stop
 
 pytestmark = pytest.mark.skipif(not reuse_port_available(), reason="needs SO_REUSEPORT")
@@ -77,7 +77,7 @@ def _two_workers(registry_dir, *, listeners: int = 2, **env: str):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--registry", str(registry_dir), "--port", str(port),
+        [sys.executable, "-m", "capserve.server.cli", "serve", "--registry", str(registry_dir), "--port", str(port),
          "--workers", "2", "--log-level", "warning"],
         cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,

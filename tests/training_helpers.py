@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from plugins.hookspecs import hookimpl
-from plugins.steps import Generator, Param
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Generator, Param
 
 
 def bars_layout(rng: random.Random, *, charset: str = "ab", min_length: int = 2, max_length: int = 3):

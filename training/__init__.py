@@ -1,5 +1,5 @@
 """Training templates: labelled folders or generators -> Keras model -> verified TFLite entry.
 
-Only ``training.cli`` is imported by the ``capserve`` command; TensorFlow is imported inside
+Only ``capserve.training.cli`` is imported by the ``capserve`` command; TensorFlow is imported inside
 the command functions, so serving never loads it.
 """

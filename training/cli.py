@@ -2,7 +2,7 @@
 
 ``server/cli.py`` calls ``add_parsers(subparsers)``. Nothing here imports TensorFlow at module
 level: the command functions import it when they run, so serving never loads it. Until the
-``capserve`` script is installed, ``python -m training.cli train ...`` does the same.
+``capserve`` script is installed, ``python -m capserve.training.cli train ...`` does the same.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def add_parsers(sub) -> None:
 
 
 def options_from_args(args: argparse.Namespace, argv: list[str] | None = None):
-    from training.pipeline import TrainOptions
+    from capserve.training.pipeline import TrainOptions
 
     fields = TrainOptions.__dataclass_fields__
     kwargs = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -155,12 +155,12 @@ def options_from_args(args: argparse.Namespace, argv: list[str] | None = None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.datasets import DatasetError
+    from capserve.training.datasets import DatasetError
 
     options = options_from_args(args, getattr(args, "_argv", None))
     try:
-        from training.export import ExportError
-        from training.pipeline import run
+        from capserve.training.export import ExportError
+        from capserve.training.pipeline import run
 
         run(options)
     except DatasetError as exc:
@@ -173,8 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from training.datasets import DatasetError
-    from training.evaluate import evaluate_folder, evaluate_generator, format_result
+    from capserve.training.datasets import DatasetError
+    from capserve.training.evaluate import evaluate_folder, evaluate_generator, format_result
 
     try:
         if args.generator:

@@ -23,9 +23,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from plugins import manager
-from plugins.chain import InputShape, Preprocessor, compile_preprocess
-from plugins.steps import Generator, ParamError
+from capserve.plugins import manager
+from capserve.core.chain import InputShape, Preprocessor
+from capserve.plugins.manager import compile_preprocess
+from capserve.core.steps import Generator, ParamError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 LABEL_FILES = ("labels.csv", "labels.txt")
@@ -300,7 +301,7 @@ def parse_generator_spec(spec: str) -> tuple[Generator, dict[str, Any]]:
     A ``charset`` value may contain commas only as its last parameter.
     """
     name, _, rest = spec.partition(":")
-    generators = manager.generators()
+    generators = manager.catalog().generators
     generator = generators.get(name.strip())
     if generator is None:
         raise DatasetError(f"unknown generator {name!r}; registered: {', '.join(sorted(generators)) or 'none'}")

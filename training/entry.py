@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from model_registry.spec import ENTRY_FILE, load_spec
-from training.metrics import Scores, char_table
+from capserve.core.spec import ENTRY_FILE, load_spec
+from capserve.training.metrics import Scores, char_table
 
 MODEL_FILE = "model.tflite"
 REPORT_DIR = "report"

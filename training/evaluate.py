@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from model_registry.errors import CapserveError
-from training import datasets
-from training.metrics import Scores, format_confusions, score
+from capserve.core.errors import CapserveError
+from capserve.training import datasets
+from capserve.training.metrics import Scores, format_confusions, score
 
 
 @dataclasses.dataclass
@@ -41,8 +41,8 @@ class EvalResult:
 
 def load_model(site: str, registry: Sequence[Path] | None = None):
     """The model serving ``site`` in the given registry folders (default: as the server's default)."""
-    from model_registry.errors import UnknownSite
-    from model_registry.registry import Registry
+    from capserve.core.errors import UnknownSite
+    from capserve.model_registry.registry import Registry
 
     reg = Registry(list(registry) if registry else None)
     reg.refresh()

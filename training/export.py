@@ -12,7 +12,7 @@ Modes:
 Only TFLite builtin ops are allowed (``TFLITE_BUILTINS``, plus ``TFLITE_BUILTINS_INT8`` for
 int8): a model needing Flex (``SELECT_TF_OPS``) fails to convert and is refused, because
 ``ai-edge-litert`` cannot run Flex ops. Every file is then loaded by the *serving* runtime
-(``model_registry.runtime.Runtime``) and run on the whole validation set through the
+(``core.runtime.Runtime``) and run on the whole validation set through the
 serving decoder; the file is refused when its sequence accuracy is more than ``tolerance``
 below the Keras model's on the same inputs.
 """
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from model_registry.decoders import DECODERS
-from model_registry.runtime import Runtime, RuntimeLoadError
-from training.metrics import Scores, score
-from training.models import ModelConfig, export_model
+from capserve.core.decoders import DECODERS
+from capserve.core.runtime import Runtime, RuntimeLoadError
+from capserve.training.metrics import Scores, score
+from capserve.training.models import ModelConfig, export_model
 
 MODES = ("none", "dynamic", "float16", "int8")
 DEFAULT_TOLERANCE = 0.003  # 0.3 points of sequence accuracy
@@ -154,7 +154,7 @@ def export(
     keras_predictions: list[str] | None = None,
 ) -> ExportResult:
     """Convert, verify in LiteRT on the validation set, and refuse a file that lost accuracy."""
-    from training.train import predict
+    from capserve.training.train import predict
 
     if keras_predictions is None:
         keras_predictions = predict(keras_model, val_x, charset, config.decoder)

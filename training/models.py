@@ -8,7 +8,7 @@
   builtin ops; a GRU with a dynamic batch would need TensorList (Flex) ops.
 
 Either body can end in a CTC head (variable length; output ``(T, len(charset) + 1)`` with the
-blank as class 0, as ``model_registry.decoders`` expects) or a fixed-length head (output
+blank as class 0, as ``core.decoders`` expects) or a fixed-length head (output
 ``(L, len(charset))``).
 """
 

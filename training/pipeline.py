@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from plugins.chain import ChainError, InputShape, compile_preprocess
-from training import datasets
-from training.datasets import Dataset, DatasetError
+from capserve.core.chain import ChainError, InputShape
+from capserve.plugins.manager import compile_preprocess
+from capserve.training import datasets
+from capserve.training.datasets import Dataset, DatasetError
 
 
 @dataclasses.dataclass
@@ -77,7 +78,7 @@ def _source_size(options: TrainOptions) -> tuple[int, int] | None:
         if "width" in params and "height" in params:
             return params["width"], params["height"]
         return None
-    from plugins.images import decode_image
+    from capserve.core.images import decode_image
 
     path, _ = datasets.scan_folder(options.data, case=options.case)[0]
     try:
@@ -163,7 +164,7 @@ def prepare(options: TrainOptions) -> tuple[Dataset, Dataset, str, InputShape, l
 
 
 def model_config(options: TrainOptions, shape: InputShape, charset: str, max_length: int):
-    from training.models import ModelConfig
+    from capserve.training.models import ModelConfig
 
     kwargs: dict[str, Any] = {}
     if options.filters:
@@ -194,8 +195,8 @@ def auto_epochs(samples: int, batch_size: int, steps: int = 3000) -> int:
 
 def run(options: TrainOptions) -> Path:
     """Train, export, verify and write the entry; returns the entry folder."""
-    from training import entry
-    from training.export import MODES, AccuracyRefused, ExportError
+    from capserve.training import entry
+    from capserve.training.export import MODES, AccuracyRefused, ExportError
 
     if options.quantization not in MODES:
         raise ExportError(f"unknown quantization mode {options.quantization!r}; modes: {', '.join(MODES)}")
@@ -212,9 +213,9 @@ def run(options: TrainOptions) -> Path:
         max_length = max(max_length, params.get("max_length", max_length))
     config = model_config(options, shape, charset, max_length)
 
-    from training.export import export
-    from training.models import build_model
-    from training.train import TrainConfig, fit, parse_augment
+    from capserve.training.export import export
+    from capserve.training.models import build_model
+    from capserve.training.train import TrainConfig, fit, parse_augment
 
     build_model(config)  # an input too small for the model fails here, before any epoch
     epochs = options.epochs or auto_epochs(len(train), options.batch_size)

@@ -2,7 +2,7 @@
 checkpoints and resume.
 
 Validation decodes the Keras model's output with the *serving* decoders
-(``model_registry.decoders``), so the accuracy printed each epoch is the accuracy the
+(``core.decoders``), so the accuracy printed each epoch is the accuracy the
 registry entry will have (before quantization, which export measures separately).
 """
 
@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from model_registry.decoders import DECODERS
-from training.datasets import Dataset
-from training.metrics import score
-from training.models import ModelConfig, build_model
+from capserve.core.decoders import DECODERS
+from capserve.training.datasets import Dataset
+from capserve.training.metrics import score
+from capserve.training.models import ModelConfig, build_model
 
 AUGMENT_PRESETS: dict[str, dict[str, float]] = {
     "none": {},

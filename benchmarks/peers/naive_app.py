@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.latency import naive_recognize  # noqa: E402
 from benchmarks.peers.endpoint import entry_folder, make_app  # noqa: E402
-from model_registry.spec import load_spec  # noqa: E402
+from capserve.core.spec import load_spec  # noqa: E402
 
 
 def build_recognizer(folder=None):

@@ -11,8 +11,8 @@ import argparse
 
 import uvicorn
 
-from server.protocol import HTTP_PROTOCOL
-from server import workers
+from capserve.server.protocol import HTTP_PROTOCOL
+from capserve.server import workers
 
 
 def main() -> None:

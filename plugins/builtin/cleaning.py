@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from plugins.builtin.colour import require_uint8
-from plugins.hookspecs import hookimpl
-from plugins.steps import Param, Step
+from capserve.plugins.builtin.colour import require_uint8
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Param, Step
 
 
 def luma(image: np.ndarray) -> np.ndarray:

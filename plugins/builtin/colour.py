@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from plugins.hookspecs import hookimpl
-from plugins.steps import Param, Step
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Param, Step
 
 
 def require_uint8(image: np.ndarray, step: str) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugins.builtin.colour import composite
-from plugins.hookspecs import hookimpl
-from plugins.steps import Param, Step
+from capserve.plugins.builtin.colour import composite
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Param, Step
 
 
 def opaque_frames(frames: np.ndarray, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:

@@ -14,8 +14,8 @@ import random
 import threading
 from typing import Any
 
-from plugins.hookspecs import hookimpl
-from plugins.steps import Generator, Param
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Generator, Param
 
 _LOCK = threading.Lock()
 

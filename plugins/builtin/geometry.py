@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from plugins.builtin.colour import color_distance_mask, require_uint8
-from plugins.hookspecs import hookimpl
-from plugins.steps import Param, Step
+from capserve.plugins.builtin.colour import color_distance_mask, require_uint8
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Param, Step
 
 
 def _resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:

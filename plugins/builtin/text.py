@@ -11,8 +11,8 @@ import functools
 import re
 from fractions import Fraction
 
-from plugins.hookspecs import hookimpl
-from plugins.steps import Param, Step
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Param, Step
 
 OPERATORS = {
     "+": "+", "＋": "+", "加": "+",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugins.hookspecs import hookimpl
-from plugins.steps import Param, Step
+from capserve.plugins.hookspecs import hookimpl
+from capserve.core.steps import Param, Step
 
 __version__ = "0.1.0"
 

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model_registry.decoders import DECODERS, output_classes
-from model_registry.errors import CapserveError, RecognitionFailed
-from model_registry.runtime import Runtime
-from model_registry.spec import ModelSpec, SpecError
-from plugins.chain import ChainError, InputShape, Postprocessor, Preprocessor, compile_postprocess, compile_preprocess
-from plugins.images import DEFAULT_LIMITS, ImageLimits
+from capserve.core.decoders import DECODERS, output_classes
+from capserve.core.errors import CapserveError, RecognitionFailed
+from capserve.core.runtime import Runtime
+from capserve.core.spec import ModelSpec, SpecError
+from capserve.core.steps import Catalog
+from capserve.core.chain import ChainError, InputShape, Postprocessor, Preprocessor, compile_postprocess, compile_preprocess
+from capserve.core.images import DEFAULT_LIMITS, ImageLimits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,9 @@ class Recognition:
 class Model:
     """One servable entry: its spec, its interpreter pool and its compiled chains."""
 
-    def __init__(self, spec: ModelSpec, *, limits: ImageLimits = DEFAULT_LIMITS, max_interpreters: int = 8) -> None:
+    def __init__(
+        self, spec: ModelSpec, catalog: Catalog, *, limits: ImageLimits = DEFAULT_LIMITS, max_interpreters: int = 8
+    ) -> None:
         self.spec = spec
         self.limits = limits
         content = _read_model(spec)
@@ -57,8 +60,8 @@ class Model:
         _check_shapes(spec, self.runtime)
         shape = InputShape(spec.width, spec.height, spec.channels)
         try:
-            self.preprocess: Preprocessor = compile_preprocess(spec.preprocess, shape)
-            self.postprocess: Postprocessor = compile_postprocess(spec.postprocess)
+            self.preprocess: Preprocessor = compile_preprocess(spec.preprocess, shape, catalog.preprocess)
+            self.postprocess: Postprocessor = compile_postprocess(spec.postprocess, catalog.postprocess)
         except ChainError as exc:
             raise SpecError(spec.path, f"{exc.chain}[{exc.index}]", f"step {exc.step!r}: {exc.reason}") from None
         self._decode = DECODERS[spec.decoder]
@@ -70,10 +73,6 @@ class Model:
         self.runtime.run(np.zeros((self.spec.height, self.spec.width, self.spec.channels), np.float32))
         with contextlib.suppress(CapserveError):  # e.g. PNG not among the accepted formats
             self.recognize(_blank_png(self.spec.width, self.spec.height))
-
-    def tensor(self, data: bytes) -> np.ndarray:
-        """The model input for image bytes: decode and the preprocess chain."""
-        return self.preprocess.tensor(self.preprocess.decode(data, self.limits))
 
     def recognize(self, data: bytes) -> Recognition:
         t0 = time.perf_counter()

@@ -222,3 +222,12 @@ def bind_params(params: tuple[Param, ...], given: dict[str, Any] | None) -> dict
         else:
             bound[param.name] = param.default
     return bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """Every step and generator the loaded plugins provide, by name (``plugins.manager.catalog``)."""
+
+    preprocess: dict[str, Step]
+    postprocess: dict[str, Step]
+    generators: dict[str, Generator]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from plugins import manager
-from plugins.images import DEFAULT_LIMITS, ImageLimits, decode_image, image_to_array
-from plugins.steps import ParamError, Step
+from capserve.core.images import DEFAULT_LIMITS, ImageLimits, decode_image, image_to_array
+from capserve.core.steps import ParamError, Step
 
 
 class ChainError(ValueError):
@@ -50,7 +49,7 @@ def parse_item(item: Any) -> tuple[str, dict[str, Any]]:
     raise ValueError("a step is a name or a one-key mapping {name: {parameter: value}}")
 
 
-def _bind(chain: str, items: Sequence[Any], catalog: dict[str, Step]) -> list[tuple[Step, dict[str, Any]]]:
+def _bind(chain: str, items: Sequence[Any], catalog: Mapping[str, Step]) -> list[tuple[Step, dict[str, Any]]]:
     if items is None:
         return []
     if not isinstance(items, list):
@@ -111,8 +110,9 @@ class Preprocessor:
         return out.astype(np.float32, copy=False)
 
 
-def compile_preprocess(items: Sequence[Any] | None, shape: InputShape) -> Preprocessor:
-    bound = _bind("preprocess", items or [], manager.preprocess_steps())
+def compile_preprocess(items: Sequence[Any] | None, shape: InputShape, steps: Mapping[str, Step]) -> Preprocessor:
+    """Compile a preprocess chain from the ``steps`` a catalog offers (``plugins.manager.catalog``)."""
+    bound = _bind("preprocess", items or [], steps)
     calls = []
     for index, (step, params) in enumerate(bound):
         if step.frames and index != 0:
@@ -151,7 +151,8 @@ class Postprocessor:
         return text
 
 
-def compile_postprocess(items: Sequence[Any] | None) -> Postprocessor:
-    bound = _bind("postprocess", items or [], manager.postprocess_steps())
+def compile_postprocess(items: Sequence[Any] | None, steps: Mapping[str, Step]) -> Postprocessor:
+    """Compile a postprocess chain from the ``steps`` a catalog offers."""
+    bound = _bind("postprocess", items or [], steps)
     calls = tuple(functools.partial(step.func, **params) if params else step.func for step, params in bound)
     return Postprocessor(calls=calls, names=tuple(step.name for step, _ in bound))

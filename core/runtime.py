@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -59,10 +58,6 @@ class Runtime:
         self.input_shape = first.input_shape
         self.input_dtype = first.input_dtype
         self.output_shape = first.output_shape
-
-    @classmethod
-    def from_file(cls, path: Path, **kwargs) -> "Runtime":
-        return cls(path.read_bytes(), **kwargs)
 
     @property
     def size(self) -> int:

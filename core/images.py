@@ -16,7 +16,7 @@ import io
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from model_registry.errors import ImageError, UnsupportedMediaType
+from capserve.core.errors import ImageError, UnsupportedMediaType
 
 DEFAULT_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
