@@ -1,7 +1,8 @@
-"""Errors of the recognition core, each with a machine-readable code and an HTTP status.
+"""Errors of the recognition core, each with a machine-readable code.
 
-The HTTP app and the SCF adapter turn these into ``{"ok": false, "error": {...}}`` answers;
-nothing outside this module decides which status an error gets.
+The core says what went wrong, never which status it is: each transport maps these codes to
+its own answers (``server/errors.py`` for HTTP, and so for the SCF adapter that calls the same
+app; the client-protocol routes to their protocols' error strings).
 """
 
 from __future__ import annotations
@@ -11,59 +12,34 @@ class CapserveError(Exception):
     """Base of every error a client can cause or see."""
 
     code = "internal_error"
-    status = 500
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        if status is not None:
-            self.status = status
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
 
 
 class UnknownSite(CapserveError):
-    code, status = "unknown_site", 404
+    code = "unknown_site"
 
 
 class ModelUnavailable(CapserveError):
-    code, status = "model_unavailable", 503
-
-
-class BadRequest(CapserveError):
-    code, status = "bad_request", 400
-
-
-class MissingImage(BadRequest):
-    code = "missing_image"
-
-
-class BadBase64(BadRequest):
-    code = "bad_base64"
-
-
-class BadJSON(BadRequest):
-    code = "bad_json"
-
-
-class PayloadTooLarge(CapserveError):
-    code, status = "body_too_large", 413
-
-
-class UnsupportedMediaType(CapserveError):
-    code, status = "unsupported_media_type", 415
+    code = "model_unavailable"
 
 
 class ImageError(CapserveError):
-    """The bytes are not an image this server can read (or one over its limits)."""
+    """The bytes are not an image this server can read, or one over its limits. Codes:
+    ``bad_image``, ``empty_image``, ``too_many_frames``, ``image_too_large``,
+    ``unsupported_image_format``."""
 
-    code, status = "bad_image", 422
+    code = "bad_image"
 
 
 class RecognitionFailed(CapserveError):
     """The model or a plugin raised while handling one request."""
 
-    code, status = "recognition_failed", 500
+    code = "recognition_failed"

@@ -16,7 +16,7 @@ import io
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from capserve.core.errors import ImageError, UnsupportedMediaType
+from capserve.core.errors import ImageError
 
 DEFAULT_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
@@ -40,11 +40,11 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
     except UnidentifiedImageError:
         raise ImageError("the data is not an image in a known format") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"the image is too large: {exc}", code="image_too_large", status=413) from None
+        raise ImageError(f"the image is too large: {exc}", code="image_too_large") from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"the image cannot be read: {exc}") from None
     if image.format not in limits.formats:
-        raise UnsupportedMediaType(
+        raise ImageError(
             f"image format {image.format} is not accepted; accepted: {', '.join(limits.formats)}",
             code="unsupported_image_format",
         )
@@ -55,7 +55,6 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
         raise ImageError(
             f"the image is {width}x{height} pixels, over the limit of {limits.max_pixels}",
             code="image_too_large",
-            status=413,
         )
     return image
 

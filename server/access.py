@@ -32,18 +32,18 @@ from pathlib import Path
 
 import yaml
 
-from capserve.core.errors import CapserveError
+from capserve.server.errors import HTTPError
 
 
-class Unauthorized(CapserveError):
+class Unauthorized(HTTPError):
     code, status = "unauthorized", 401
 
 
-class Forbidden(CapserveError):
+class Forbidden(HTTPError):
     code, status = "forbidden", 403
 
 
-class RateLimited(CapserveError):
+class RateLimited(HTTPError):
     code, status = "rate_limited", 429
 
     def __init__(self, message: str, retry_after: float) -> None:

@@ -22,6 +22,7 @@ from capserve.plugins import manager
 from capserve.server.metrics import Metrics
 from capserve.server.openapi import openapi_schema
 from capserve.server.access import Access
+from capserve.server.errors import HTTPError
 from capserve.server.parsing import image_bytes, read_body, wants_details
 from capserve.server.responses import FastJSONResponse, error_response
 from capserve.server.settings import Settings
@@ -118,7 +119,7 @@ def create_app(
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        error = CapserveError(exc.detail, code=codes.get(exc.status_code, "http_error"), status=exc.status_code)
+        error = HTTPError(exc.detail, code=codes.get(exc.status_code, "http_error"), status=exc.status_code)
         return error_response(error)
 
     @contextlib.asynccontextmanager

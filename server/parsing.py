@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from capserve.core.errors import BadBase64, BadRequest, BadJSON, MissingImage, PayloadTooLarge, UnsupportedMediaType
+from capserve.server.errors import BadBase64, BadJSON, BadRequest, MissingImage, PayloadTooLarge, UnsupportedMediaType
 
 IMAGE_FIELDS = ("base64Image", "image")
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}

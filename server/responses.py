@@ -8,6 +8,7 @@ import orjson
 from starlette.responses import JSONResponse
 
 from capserve.core.errors import CapserveError
+from capserve.server.errors import status_of
 
 
 class FastJSONResponse(JSONResponse):
@@ -21,9 +22,10 @@ def error_body(error: CapserveError) -> dict[str, Any]:
 
 def error_response(error: CapserveError) -> FastJSONResponse:
     headers = {}
-    if error.status == 401:
+    status = status_of(error)
+    if status == 401:
         headers["www-authenticate"] = "Bearer"
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["retry-after"] = str(retry_after)
-    return FastJSONResponse(error_body(error), status_code=error.status, headers=headers)
+    return FastJSONResponse(error_body(error), status_code=status, headers=headers)
