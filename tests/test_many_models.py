@@ -21,7 +21,7 @@ from capserve.model_registry.registry import AVAILABLE, UNLOADED, Registry
 from capserve.server.app import create_app
 from capserve.server.settings import Settings
 from tests import model_factory
-from tests.test_serve_process import start_server
+from tests.servers import start_server
 from tests.conftest import png_bytes
 
 N_SITES = 20
