@@ -139,7 +139,9 @@ async def openapi(request: Request) -> Response:
 
 async def http_error(request: Request, exc: HTTPException) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return error_response(HTTPError(exc.detail, code=codes.get(exc.status_code, "http_error"), status=exc.status_code))
+    response = error_response(HTTPError(exc.detail, code=codes.get(exc.status_code, "http_error"), status=exc.status_code))
+    response.headers.update(exc.headers or {})  # Allow, on a 405
+    return response
 
 
 ROUTES = [
