@@ -1,37 +1,222 @@
-"""The Kaggle notebook template runs top to bottom on a tiny configuration (so it cannot rot).
+"""Kaggle: the bundle a user uploads as a dataset, the notebook's install cell, and the notebook itself.
 
-Parameters are overridden the way papermill does it: a cell inserted after the cell tagged
-``parameters``. The notebook trains from a labelled folder (as from ``/kaggle/input/...``),
-exports, evaluates and zips the entry.
+The install cell runs as written in the notebook, in a subprocess, with the dataset root
+(``/kaggle/input`` on Kaggle) given by ``CAPSERVE_KAGGLE_INPUT``. The notebook run overrides
+its parameters the way papermill does it: a cell inserted after the cell tagged ``parameters``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import venv
 import zipfile
 from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("tensorflow")
+from capserve.training import bundle
+from capserve.training.cli import main as training_main
+from tests.training_helpers import write_folder
 
-from tests.training_helpers import write_folder  # noqa: E402
+nbformat = pytest.importorskip("nbformat")
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "training" / "kaggle" / "train.ipynb"
+HOST = "%d.%d" % sys.version_info[:2]
+TENSORFLOW_STAND_IN = '__version__ = "2.18.0"  # Kaggle preinstalls TensorFlow; this stands in for it\n'
 
 
-def test_notebook_has_a_parameters_cell():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    for name in ("SITE", "DATA_DIR", "GENERATOR", "EPOCHS", "QUANTIZATION", "OUT_DIR", "INSTALL"):
-        assert f"{name} =" in tagged[0].source or f"{name}," in tagged[0].source, name
+def tagged(tag: str) -> list:
+    return [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if tag in c.metadata.get("tags", [])]
 
 
+def run_install_cell(python: str, input_root: Path, *, capserve: str | None = None,
+                     record: bool = False) -> subprocess.CompletedProcess:
+    """The notebook's install cell, offline: pip sees no index and no configuration of this machine.
+
+    With ``record`` the cell's ``subprocess.run`` prints the command instead of running it.
+    """
+    (cell,) = tagged("install")
+    prefix = f"INSTALL = True\nCAPSERVE = {capserve!r}\n"
+    if record:
+        prefix += "import json, subprocess\nsubprocess.run = lambda command, **kw: print('RUN', json.dumps(command))\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(CAPSERVE_KAGGLE_INPUT=str(input_root), PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull)
+    return subprocess.run([python, "-c", prefix + cell.source], env=env, capture_output=True, text=True)
+
+
+def recorded_command(done: subprocess.CompletedProcess) -> list[str]:
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("RUN ")]
+    return json.loads(line[4:])
+
+
+# -- the notebook's cells -----------------------------------------------------------------------
+
+
+def test_notebook_has_a_parameters_cell_and_an_install_cell():
+    (parameters,) = tagged("parameters")
+    for name in ("SITE", "DATA_DIR", "GENERATOR", "EPOCHS", "QUANTIZATION", "OUT_DIR", "INSTALL", "CAPSERVE"):
+        assert f"{name} =" in parameters.source or f"{name}," in parameters.source, name
+    assert len(tagged("install")) == 1
+
+
+@pytest.mark.parametrize("mount", ["capserve-bundle", "datasets/someone/capserve-bundle"])
+def test_install_cell_installs_from_the_attached_bundle_without_an_index(tmp_path, mount):
+    wheels = tmp_path / "input" / mount / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "capserve-0.1.0-py3-none-any.whl").touch()
+    (tmp_path / "input" / "my-captchas").mkdir()  # another dataset beside it
+    command = recorded_command(run_install_cell(sys.executable, tmp_path / "input", record=True))
+    assert command[:5] == [sys.executable, "-m", "pip", "install", "-q"]
+    assert command[5:] == ["--no-index", "--find-links", str(wheels), "capserve[kaggle]"]
+
+
+def test_install_cell_installs_from_a_git_url_when_one_is_set(tmp_path):
+    url = "git+https://example.invalid/capserve.git"
+    command = recorded_command(run_install_cell(sys.executable, tmp_path, capserve=url, record=True))
+    assert command[5:] == [f"capserve[kaggle] @ {url}"]
+
+
+def test_install_cell_without_a_bundle_says_what_to_attach(tmp_path):
+    (tmp_path / "my-captchas").mkdir()
+    done = run_install_cell(sys.executable, tmp_path, record=True)
+    assert done.returncode != 0
+    assert f"no capserve bundle under {tmp_path}" in done.stderr and "capserve kaggle bundle" in done.stderr
+
+
+# -- the bundle command, without the network ----------------------------------------------------
+
+
+def test_platform_tags_cover_every_glibc_up_to_the_target():
+    tags = bundle.platform_tags("2.35")
+    assert tags[0] == "manylinux_2_35_x86_64" and "manylinux_2_27_x86_64" in tags
+    assert tags[-1] == "manylinux2014_x86_64" and "manylinux_2_36_x86_64" not in tags
+    for bad in ("2", "two.35", "2.16"):
+        with pytest.raises(bundle.BundleError, match="--glibc"):
+            bundle.platform_tags(bad)
+
+
+def test_a_broken_interpreter_is_skipped_or_refused(tmp_path, monkeypatch, capsys):
+    other = "3.10" if HOST != "3.10" else "3.12"
+    shim = tmp_path / "bin" / f"python{other}"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\necho 'pyenv: version not installed' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", str(shim.parent))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    with pytest.raises(bundle.BundleError, match=f"no Python {other} found"):
+        bundle.find_interpreter(other)
+    assert f"skipping {shim}" in capsys.readouterr().err
+    with pytest.raises(bundle.BundleError, match="does not run"):
+        bundle.find_interpreter(other, str(shim))
+    with pytest.raises(bundle.BundleError, match=f"is Python {HOST}, not {other}"):
+        bundle.find_interpreter(other, sys.executable)
+    assert bundle.find_interpreter(HOST) == sys.executable
+
+
+def test_the_wheelhouse_never_holds_tensorflow(tmp_path, monkeypatch):
+    def fake_pip(args, interpreter=None):
+        dest = Path(args[args.index("--dest") + 1])
+        for name in ("captcha-0.7.1-py3-none-any.whl", "tensorflow_cpu-2.18.0-cp311-cp311-manylinux_2_17_x86_64.whl"):
+            (dest / name).touch()
+
+    monkeypatch.setattr(bundle, "pip", fake_pip)
+    with pytest.raises(bundle.BundleError, match="tensorflow_cpu-2.18.0"):
+        bundle.download_wheelhouse(tmp_path / "capserve.whl", tmp_path, bundle.Options(out=tmp_path, python=HOST))
+    assert [bundle.is_tensorflow(bundle.distribution(n)) for n in ("tensorflow-2.18.0-x.whl", "tf_keras-2-x.whl",
+                                                                    "captcha-0.7-x.whl", "tqdm-4-x.whl")] == [
+        True, True, False, False]
+
+
+def test_bundle_refuses_a_used_folder_and_bad_data_before_building(tmp_path, capsys):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    assert training_main(["kaggle", "bundle", "--out", str(used)]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err and (used / "keep.txt").read_text() == "mine"
+
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    assert training_main(["kaggle", "bundle", "--out", str(tmp_path / "new"), "--data", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "--data: " in err and "no labelled images" in err
+    assert not (tmp_path / "new").exists()
+
+
+# -- the real thing: a bundle built here, installed the way Kaggle runs the cell ------------------
+
+
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory) -> Path:
+    """``capserve kaggle bundle --data ... --zip``, unpacked as Kaggle mounts an uploaded zip."""
+    work = tmp_path_factory.mktemp("kaggle")
+    write_folder(work / "labelled", 240, seed=1, charset="abc")
+    out = work / "bundle"
+    done = subprocess.run([sys.executable, "-m", "capserve.training.cli", "kaggle", "bundle", "--out", str(out),
+                           "--data", str(work / "labelled"), "--zip"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out) + ".zip"
+    mounted = work / "input" / "capserve-bundle"
+    with zipfile.ZipFile(done.stdout.strip()) as archive:
+        archive.extractall(mounted)
+    return mounted
+
+
+@pytest.mark.slow
+def test_the_bundle_holds_what_the_notebook_needs_and_no_tensorflow(uploaded):
+    wheels = sorted(p.name for p in (uploaded / "wheels").glob("*.whl"))
+    names = {bundle.distribution(n) for n in wheels}
+    assert {"capserve", "captcha", "matplotlib", "tqdm", "ai-edge-litert", "starlette"} <= names
+    assert not [n for n in names if bundle.is_tensorflow(n)]
+    assert (uploaded / "train.ipynb").read_bytes() == NOTEBOOK.read_bytes()
+    assert len(list((uploaded / "data").glob("*.png"))) == 240
+
+
+@pytest.mark.slow
+def test_install_cell_installs_capserve_offline_beside_kaggles_tensorflow(uploaded, tmp_path):
+    env_dir = tmp_path / "kaggle-python"
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "tensorflow").mkdir()
+    (site / "tensorflow" / "__init__.py").write_text(TENSORFLOW_STAND_IN)
+    (site / "tensorflow-2.18.0.dist-info").mkdir()
+    (site / "tensorflow-2.18.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: tensorflow\nVersion: 2.18.0\n")
+    (site / "tensorflow-2.18.0.dist-info" / "RECORD").touch()
+
+    done = run_install_cell(python, uploaded.parent)
+    assert done.returncode == 0, done.stderr
+    assert f"installing capserve from {uploaded / 'wheels'}" in done.stdout
+
+    listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True)
+    installed = {d["name"].lower(): d["version"] for d in json.loads(listed.stdout)}
+    assert "capserve" in installed and "captcha" in installed
+    assert [n for n in installed if bundle.is_tensorflow(n)] == ["tensorflow"] and installed["tensorflow"] == "2.18.0"
+    assert (site / "tensorflow" / "__init__.py").read_text() == TENSORFLOW_STAND_IN
+
+    image = REPO / "docs" / "examples" / "demo-7kp3.png"
+    predicted = subprocess.run([str(env_dir / "bin" / "capserve"), "predict", "--site", "demo", str(image), "--json"],
+                               capture_output=True, text=True, cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout)["text"] == image.stem.split("-")[1]
+    imports = "import capserve.training.cli, captcha, matplotlib, tqdm"
+    assert subprocess.run([python, "-c", imports], capture_output=True, cwd=tmp_path).returncode == 0
+
+
+# -- the notebook top to bottom -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.train
 def test_notebook_runs_on_a_tiny_configuration(tmp_path):
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("tensorflow")
     data = tmp_path / "input" / "captchas"
     write_folder(data, 240, seed=1, charset="abc")
     nb = nbformat.read(NOTEBOOK, as_version=4)
