@@ -7,6 +7,7 @@ its parameters the way papermill does it: a cell inserted after the cell tagged 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -208,41 +209,110 @@ def test_install_cell_installs_capserve_offline_beside_kaggles_tensorflow(upload
     assert subprocess.run([python, "-c", imports], capture_output=True, cwd=tmp_path).returncode == 0
 
 
-# -- the notebook top to bottom -----------------------------------------------------------------
+# -- the notebook top to bottom, and the whole story ----------------------------------------------
+
+STORY_SITE = "kaggle-story"
+# Run by Python 3.10 with -I -S: sys.path is the package folder plus the standard library.
+SCF_RUNNER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from index import main_handler
+print(json.dumps([main_handler(event, None) for event in json.load(sys.stdin)]))
+"""
 
 
-@pytest.mark.slow
-@pytest.mark.train
-def test_notebook_runs_on_a_tiny_configuration(tmp_path):
+@pytest.fixture(scope="module")
+def notebook_run(tmp_path_factory):
+    """The notebook run top to bottom (nbclient) on labelled images, as from /kaggle/input."""
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("tensorflow")
-    data = tmp_path / "input" / "captchas"
-    write_folder(data, 240, seed=1, charset="abc")
+    work = tmp_path_factory.mktemp("notebook")
+    data = work / "input" / "my-captchas"
+    write_folder(data, 900, seed=3, charset="abc")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     overrides = f"""
-SITE = "kaggle-test"
+SITE = {STORY_SITE!r}
 DATA_DIR = {str(data)!r}
-EPOCHS = 1
+EPOCHS = 8
 BATCH_SIZE = 16
-TARGET_ACCURACY = None
+TARGET_ACCURACY = 0.97
 AUGMENT = "none"
-EXTRA_ARGS = ["--filters", "8,8,16,16", "--units", "16", "--tolerance", "1"]
-OUT_DIR = {str(tmp_path / "working" / "registry")!r}
-ZIP_DIR = {str(tmp_path / "working")!r}
+EXTRA_ARGS = ["--filters", "8,16,16,24", "--units", "32", "--lr", "3e-3", "--val-split", "0.2", "--seed", "1"]
+OUT_DIR = {str(work / "working" / "registry")!r}
+ZIP_DIR = {str(work / "working")!r}
 INSTALL = False
 """
     cell = nbformat.v4.new_code_cell(overrides)
     cell.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(index + 1, cell)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}})
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}})
     client.execute()
+    return work, nb
 
-    archive = tmp_path / "working" / "kaggle-test-entry.zip"
-    assert archive.is_file()
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_notebook_trains_and_zips_an_entry(notebook_run):
+    work, nb = notebook_run
+    archive = work / "working" / f"{STORY_SITE}-entry.zip"
     names = zipfile.ZipFile(archive).namelist()
-    assert "kaggle-test/1/model.yaml" in names and "kaggle-test/1/model.tflite" in names
-    assert any(n.startswith("kaggle-test/1/report/") for n in names)
+    assert f"{STORY_SITE}/1/model.yaml" in names and f"{STORY_SITE}/1/model.tflite" in names
+    assert any(n.startswith(f"{STORY_SITE}/1/report/") for n in names)
     outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "sequence accuracy" in outputs
+
+
+def scf_events(site: str, image: bytes) -> list[dict]:
+    """One Tencent Function URL event (POST JSON) and one API Gateway event (GET ?base64Image=)."""
+    encoded = base64.b64encode(image).decode()
+    function_url = {"body": json.dumps({"image": encoded}), "httpMethod": "POST", "path": f"/recognize/{site}",
+                    "queryString": {}, "headers": {"accept": "*/*", "content-type": "application/json",
+                                                   "x-scf-remote-addr": "111.206.96.145"}}
+    api_gateway = {
+        "requestContext": {"serviceId": "service-f94sy04v", "path": "/", "httpMethod": "ANY", "stage": "release",
+                           "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef", "identity": {}, "sourceIp": "10.0.2.14"},
+        "headers": {"Host": "service-f94sy04v-1250000000.gz.apigw.tencentcs.com", "User-Agent": "curl/8"},
+        "body": None, "isBase64Encoded": False, "pathParameters": {}, "queryStringParameters": {},
+        "headerParameters": {}, "stageVariables": {"stage": "release"}, "path": f"/recognize/{site}",
+        "queryString": {"base64Image": encoded}, "httpMethod": "GET",
+    }
+    return [function_url, api_gateway]
+
+
+@pytest.mark.slow
+@pytest.mark.train
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "issue 14: under Python 3.10 the SCF package answers every base64 input with 500 (server/parsing.py calls "
+    "binascii.a2b_base64(strict_mode=True), new in 3.11), and its dependencies are resolved for the host's "
+    "Python (exceptiongroup left out, pip aborting on backports-strenum)"))
+def test_the_notebooks_entry_served_from_an_scf_package_under_python_3_10(notebook_run, tmp_path):
+    work, _ = notebook_run
+    python310 = bundle.find_interpreter("3.10")
+    registry = tmp_path / "my-registry"
+    with zipfile.ZipFile(work / "working" / f"{STORY_SITE}-entry.zip") as archive:
+        archive.extractall(registry)  # unzip my-site-entry.zip -d my-registry/
+    out = tmp_path / "pkg.zip"
+    built = subprocess.run([sys.executable, "-m", "capserve.server.cli", "scf", "package", "--out", str(out),
+                            "--site", STORY_SITE, "--registry", str(registry), "--python", "3.10", "--no-compile",
+                            "--wheelhouse", str(tmp_path / "wheels")], capture_output=True, text=True, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    folder = tmp_path / "pkg-src"
+    with zipfile.ZipFile(out) as archive:
+        archive.extractall(folder)
+
+    write_folder(tmp_path / "fresh", 10, seed=99, charset="abc")
+    images = sorted((tmp_path / "fresh").glob("*.png"))
+    events = [event for image in images for event in scf_events(STORY_SITE, image.read_bytes())]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    done = subprocess.run([python310, "-I", "-S", "-c", SCF_RUNNER, str(folder)], input=json.dumps(events),
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout.splitlines()[-1])
+    assert [a["statusCode"] for a in answers] == [200] * len(events), answers
+    texts = [json.loads(a["body"])["text"] for a in answers]
+    assert texts[0::2] == texts[1::2]  # the Function URL and the API Gateway event read each image alike
+    labels = [image.name.split("_")[0] for image in images]
+    right = sum(text == label for text, label in zip(texts[0::2], labels))
+    assert right >= 8, list(zip(texts[0::2], labels))
