@@ -119,6 +119,18 @@ def test_a_broken_interpreter_is_skipped_or_refused(tmp_path, monkeypatch, capsy
     assert bundle.find_interpreter(HOST) == sys.executable
 
 
+def test_the_wheel_is_built_from_the_packages_only(tmp_path):
+    source = tmp_path / "checkout"
+    for name in ("pyproject.toml", "README.md", "core/__init__.py", "core/__pycache__/x.pyc", "core/a.py",
+                 "build/lib/capserve/core/removed.py", "my-captchas/ab_1.png", "capserve-bundle.zip",
+                 "capserve.egg-info/PKG-INFO", "docs/x.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(name)
+    bundle.copy_source(source, tmp_path / "copy")
+    copied = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == ["README.md", "core/__init__.py", "core/a.py", "pyproject.toml"]
+
+
 def test_the_wheelhouse_never_holds_tensorflow(tmp_path, monkeypatch):
     def fake_pip(args, interpreter=None):
         dest = Path(args[args.index("--dest") + 1])

@@ -112,14 +112,26 @@ def pip(args: list[str], interpreter: str | None = None) -> None:
         raise BundleError(f"pip {args[0]} failed:\n{done.stderr.strip()}")
 
 
-# Left out of the copy the wheel is built from: a stale build/ would put deleted modules in the wheel.
-NOT_SOURCE = (".git", ".venv", "venv", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis")
+def copy_source(source: Path, dest: Path) -> None:
+    """What the wheel is built from: pyproject.toml, README.md and the package folders, no build output.
+
+    A copy, because setuptools builds through the source's ``build/`` folder, where a stale
+    module would end up in the wheel; and only these, because a checkout may hold data and bundles.
+    """
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        here = Path(folder)
+        if here == source:
+            return [n for n in names if n not in ("pyproject.toml", "README.md") and not (here / n / "__init__.py").is_file()]
+        return [n for n in names if n == "__pycache__" or n.endswith(".egg-info")]
+
+    shutil.copytree(source, dest, ignore=ignore)
 
 
 def build_wheel(source: Path, dest: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="capserve-wheel-") as tmp:
         copy = Path(tmp) / "source"
-        shutil.copytree(source, copy, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+        copy_source(source, copy)
         pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", tmp, str(copy)])
         wheels = list(Path(tmp).glob("capserve-*.whl"))
         if len(wheels) != 1:
