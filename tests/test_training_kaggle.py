@@ -190,6 +190,19 @@ def test_the_bundle_holds_what_the_notebook_needs_and_no_tensorflow(uploaded):
 
 
 @pytest.mark.slow
+def test_the_wheelhouse_is_resolved_for_the_target_python_not_this_one(tmp_path):
+    other = "3.10" if HOST != "3.10" else "3.11"
+    out = tmp_path / "bundle"
+    assert training_main(["kaggle", "bundle", "--out", str(out), "--python-version", other]) == 0
+    wheels = [p.name for p in (out / "wheels").glob("*.whl")]
+    names = {bundle.distribution(name) for name in wheels}
+    cp = "cp" + other.replace(".", "")
+    assert [n for n in wheels if n.startswith("numpy-")] and all(f"-{cp}-{cp}-" in n for n in wheels if n.startswith("numpy-"))
+    # anyio needs exceptiongroup only below Python 3.11: the markers were evaluated for the target
+    assert ("exceptiongroup" in names) == (other == "3.10")
+
+
+@pytest.mark.slow
 def test_install_cell_installs_capserve_offline_beside_kaggles_tensorflow(uploaded, tmp_path):
     env_dir = tmp_path / "kaggle-python"
     venv.create(env_dir, with_pip=True)
