@@ -1,4 +1,4 @@
-"""``capserve train`` and ``capserve eval``.
+"""``capserve train``, ``capserve eval`` and ``capserve kaggle bundle``.
 
 ``server/cli.py`` calls ``add_parsers(subparsers)``. Nothing here imports TensorFlow at module
 level: the command functions import it when they run, so serving never loads it. Until the
@@ -161,10 +161,37 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def add_kaggle_parser(sub) -> argparse.ArgumentParser:
+    from capserve.training.bundle import DEFAULT_GLIBC, DEFAULT_PYTHON
+
+    p = sub.add_parser("kaggle", help="make the dataset to upload to Kaggle for the training notebook")
+    kaggle = p.add_subparsers(dest="kaggle_command", required=True)
+    b = kaggle.add_parser(
+        "bundle",
+        help="write the folder (or zip) to upload as a Kaggle dataset",
+        description="Write capserve's wheel, a wheelhouse of its training dependencies for Kaggle's Python "
+        "(never TensorFlow: Kaggle's own GPU build stays), the notebook and optionally labelled images, "
+        "so that training/kaggle/train.ipynb installs capserve with the notebook's internet off.",
+    )
+    b.add_argument("--out", type=Path, required=True, metavar="DIR", help="the bundle folder to write (new or empty)")
+    b.add_argument("--data", type=Path, metavar="LABELLED_DIR", help="labelled images to include as data/")
+    b.add_argument("--zip", action="store_true", help="also write DIR.zip (the folder's contents) to upload")
+    b.add_argument("--python-version", dest="python", default=DEFAULT_PYTHON,
+                   help=f"Kaggle's Python (default {DEFAULT_PYTHON})")
+    b.add_argument("--glibc", default=DEFAULT_GLIBC,
+                   help=f"Kaggle's glibc, for the manylinux wheels (default {DEFAULT_GLIBC})")
+    b.add_argument("--interpreter", metavar="PYTHON",
+                   help="an interpreter of --python-version to resolve with (default: this one or one found)")
+    b.add_argument("--source", type=Path, metavar="DIR", help="capserve's source folder (default: this checkout)")
+    b.set_defaults(func=cmd_kaggle_bundle)
+    return b
+
+
 def add_parsers(sub) -> None:
-    """Add ``train`` and ``eval`` to the ``capserve`` subcommands."""
+    """Add ``train``, ``eval`` and ``kaggle bundle`` to the ``capserve`` subcommands."""
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_kaggle_parser(sub)
 
 
 def options_from_args(args: argparse.Namespace, argv: list[str] | None = None):
@@ -220,6 +247,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(args.top), indent=1))
     else:
         print(format_result(result, args.top))
+    return 0
+
+
+def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
+    from capserve.training.bundle import BundleError, Options, bundle
+
+    options = Options(out=args.out, data=args.data, zip=args.zip, python=args.python, glibc=args.glibc,
+                      interpreter=args.interpreter, source=args.source)
+    try:
+        print(bundle(options))
+    except BundleError as exc:
+        print(f"capserve kaggle bundle: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
