@@ -25,13 +25,13 @@ import dataclasses
 import hashlib
 import hmac
 import math
-import os
 import threading
 import time
 from pathlib import Path
 
 import yaml
 
+from capserve.core.settings import Settings
 from capserve.server.errors import HTTPError
 
 
@@ -83,16 +83,15 @@ class TokenBucket:
             return (1 - self.tokens) / self.rate
 
 
-def load_keys(env: dict[str, str] | None = None) -> list[ApiKey]:
-    env = os.environ if env is None else env
+def load_keys(settings: Settings) -> list[ApiKey]:
+    """The keys of ``CAPSERVE_API_KEYS`` and ``CAPSERVE_API_KEYS_FILE``."""
     keys = [
         ApiKey(name=f"env-key-{i + 1}", sha256=digest(k.strip()))
-        for i, k in enumerate(env.get("CAPSERVE_API_KEYS", "").split(","))
+        for i, k in enumerate((settings.api_keys or "").split(","))
         if k.strip()
     ]
-    path = env.get("CAPSERVE_API_KEYS_FILE")
-    if path:
-        keys.extend(_keys_from_file(Path(path)))
+    if settings.api_keys_file:
+        keys.extend(_keys_from_file(settings.api_keys_file))
     return keys
 
 
@@ -157,14 +156,12 @@ class Access:
         self._seen_lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Access":
-        env = os.environ if env is None else env
-        secret = env.get("CAPSERVE_HMAC_SECRET")
+    def from_settings(cls, settings: Settings) -> "Access":
         return cls(
-            load_keys(env),
-            hmac_secret=secret.encode() if secret else None,
-            hmac_window=float(env.get("CAPSERVE_HMAC_WINDOW", "300")),
-            protect_status=env.get("CAPSERVE_PUBLIC_STATUS", "0") in ("", "0"),
+            load_keys(settings),
+            hmac_secret=settings.hmac_secret.encode() if settings.hmac_secret else None,
+            hmac_window=settings.hmac_window,
+            protect_status=not settings.public_status,
         )
 
     @property

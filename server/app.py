@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from capserve.core.errors import CapserveError, RecognitionFailed, UnknownSite
-from capserve.model_registry.registry import Registry
+from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
 from capserve.server.metrics import Metrics
 from capserve.server.openapi import openapi_schema
@@ -25,7 +25,7 @@ from capserve.server.access import Access
 from capserve.server.errors import HTTPError
 from capserve.server.parsing import image_bytes, read_body, wants_details
 from capserve.server.responses import FastJSONResponse, error_response
-from capserve.server.settings import Settings
+from capserve.server.settings import Settings, current
 
 
 def create_app(
@@ -37,8 +37,8 @@ def create_app(
 ) -> Starlette:
     """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up;
     without ``access`` keys and signing are read from the environment (off when unset)."""
-    settings = settings or Settings()
-    access = access if access is not None else Access.from_env()
+    settings = settings or current()
+    access = access if access is not None else Access.from_settings(settings)
     if registry is None:
         registry = registry_from_settings(settings)
     metrics = Metrics(registry)
@@ -153,7 +153,7 @@ def create_app(
 
 def registry_from_settings(settings: Settings) -> Registry:
     """The registry ``settings`` describe (folders, image limits, lazy loading), not yet loaded."""
-    return Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
+    return Registry(default_roots(settings), limits=settings.image_limits, lazy=settings.lazy)
 
 
 def _all_sites(registry: Registry) -> list[str]:
