@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from capserve.core import yamlfile
 from capserve.core.settings import Settings
 from capserve.server.errors import HTTPError
 
@@ -49,6 +50,9 @@ class RateLimited(HTTPError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after))
+
+
+MAX_KEYS_FILE_BYTES = 1024 * 1024
 
 
 def digest(key: str) -> bytes:
@@ -97,9 +101,11 @@ def load_keys(settings: Settings) -> list[ApiKey]:
 
 def _keys_from_file(path: Path) -> list[ApiKey]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = yamlfile.read(path, MAX_KEYS_FILE_BYTES) or {}
     except OSError as exc:
         raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: {exc.strerror or exc}") from None
+    except (yamlfile.FileTooLarge, yamlfile.YAMLLimitError, UnicodeDecodeError) as exc:
+        raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: not valid YAML: {exc}") from None
     items = doc.get("keys") if isinstance(doc, dict) else None
