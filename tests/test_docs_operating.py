@@ -107,3 +107,18 @@ def test_the_metrics_table_lists_what_metrics_serves(tmp_path):
     table = _section("What to watch").split("```", 1)[0]
     documented = set(re.findall(r"^\| `(capserve_[a-z_]+)`", table, re.M))
     assert served == documented
+
+
+def test_capserve_settings_prints_the_values_and_hides_secrets(monkeypatch, capsys):
+    from capserve.server.cli import main
+
+    monkeypatch.setenv("CAPSERVE_API_KEYS", "very-secret-key")
+    monkeypatch.setenv("CAPSERVE_LAZY", "1")
+    monkeypatch.setenv("CAPSERVE_FORMATS", "png")
+    assert main(["settings"]) == 0
+    lines = set(capsys.readouterr().out.splitlines())
+    assert {"CAPSERVE_API_KEYS=(set)", "CAPSERVE_LAZY=1", "CAPSERVE_FORMATS=PNG", "CAPSERVE_HMAC_SECRET="} <= lines
+    assert len(lines) == len(Settings.model_fields)
+    monkeypatch.setenv("CAPSERVE_MAX_FRAMES", "many")
+    assert main(["settings"]) == 2
+    assert "CAPSERVE_MAX_FRAMES must be an integer, not 'many'" in capsys.readouterr().err
