@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capserve.core.errors import UnknownSite
+from capserve.core.errors import ModelUnavailable, UnknownSite
 from capserve.model_registry.registry import AVAILABLE, FAILED, Registry
 from tests import model_factory
 from tests.conftest import png_bytes
@@ -174,12 +174,14 @@ def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_by
     assert registry.sites() == ["bad", "tiny"] and registry.serving("tiny") is None
     assert {e.state for e in registry.site_entries("tiny")} == {UNLOADED}
 
-    model = registry.get("tiny")
+    with pytest.raises(ModelUnavailable):  # the first request starts the load, in a thread
+        registry.get("tiny")
+    model = registry.get("tiny", wait=60)
     assert model.spec.version == 2 and registry.serving("tiny") is model
     assert {e.state for e in registry.site_entries("tiny")} == {AVAILABLE}
     # a broken entry is found out on its first request, and then answers 404 like any failed site
     with pytest.raises(UnknownSite):
-        registry.get("bad")
+        registry.get("bad", wait=60)
     assert registry.site_entries("bad")[0].state == FAILED
 
 

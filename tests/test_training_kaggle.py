@@ -19,6 +19,8 @@ pytest.importorskip("tensorflow")
 
 from tests.training_helpers import write_folder  # noqa: E402
 
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "training" / "kaggle" / "train.ipynb"
 
