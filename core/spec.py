@@ -173,7 +173,9 @@ class EntryDocument(_Part):
     @classmethod
     def _unique(cls, value: str) -> str:
         seen: set[str] = set()
-        repeated = {c for c in value if c in seen or seen.add(c)}
+        repeated: set[str] = set()
+        for char in value:  # one pass: a charset may hold thousands of characters
+            (repeated if char in seen else seen).add(char)
         if repeated:
             more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
             raise ValueError(f"has repeated characters {sorted(repeated)[:10]}{more}")
