@@ -89,7 +89,7 @@ def test_answers_conform_with_keys_off(registry):
 def test_answers_conform_with_keys_on(registry, headers):
     access = Access([ApiKey("openapi", digest(KEY), sites=frozenset({"tiny"}), rate=1000)])
     app = create_app(registry, Settings(max_body_bytes=64 * 1024), access=access, watch=False)
-    _run(app, headers, examples=10)
+    assert "GET /v1/models" in _run(app, headers, examples=10)
 
 
 def test_the_checks_see_a_status_the_document_lacks(monkeypatch, tmp_path):
