@@ -17,7 +17,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Iterable
@@ -25,6 +24,7 @@ from typing import Iterable
 from capserve.core.errors import ModelUnavailable, UnknownSite
 from capserve.core.model import Model
 from capserve.core.runtime import RuntimeLoadError
+from capserve.core.settings import Settings, current
 from capserve.core.spec import ENTRY_FILE, SITE_PATTERN, SpecError, load_spec
 from capserve.core.images import DEFAULT_LIMITS, ImageLimits
 from capserve.plugins import manager
@@ -32,16 +32,14 @@ from capserve.plugins import manager
 log = logging.getLogger("capserve.registry")
 
 BUNDLED = Path(__file__).parent / "bundled"
-ENV_VAR = "CAPSERVE_REGISTRY"
 
 AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
 UNLOADED = "UNLOADED"  # lazy mode: the YAML is valid, the model loads on the site's first request
 
 
-def default_roots() -> list[Path]:
-    """Folders from ``$CAPSERVE_REGISTRY`` (``os.pathsep``-separated), else the bundled entries."""
-    value = os.environ.get(ENV_VAR, "")
-    return [Path(p) for p in value.split(os.pathsep) if p] or [BUNDLED]
+def default_roots(settings: Settings | None = None) -> list[Path]:
+    """The settings' folders (``$CAPSERVE_REGISTRY``, ``os.pathsep``-separated), else the bundled entries."""
+    return list((settings or current()).registry) or [BUNDLED]
 
 
 @dataclasses.dataclass

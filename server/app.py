@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFailed, UnknownSite
 from capserve.core.model import Model
-from capserve.model_registry.registry import Registry
+from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
 from capserve.server.access import Access
 from capserve.server.errors import HTTPError
@@ -29,7 +29,7 @@ from capserve.server.metrics import Metrics
 from capserve.server.openapi import openapi_schema
 from capserve.server.parsing import image_bytes, read_body, wants_details
 from capserve.server.responses import FastJSONResponse, error_response
-from capserve.server.settings import Settings
+from capserve.server.settings import Settings, current
 
 LAZY_WAIT_SECONDS = 30.0
 """How long a request waits for its site's model to load in lazy mode before answering 503."""
@@ -165,7 +165,7 @@ def create_app(
 ) -> Starlette:
     """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up;
     without ``access`` keys and signing are read from the environment (off when unset)."""
-    settings = settings or Settings()
+    settings = settings or current()
     registry = registry if registry is not None else registry_from_settings(settings)
 
     @contextlib.asynccontextmanager
@@ -181,14 +181,14 @@ def create_app(
     app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
-    app.state.access = access if access is not None else Access.from_env()
+    app.state.access = access if access is not None else Access.from_settings(settings)
     app.state.metrics = Metrics(registry)
     return app
 
 
 def registry_from_settings(settings: Settings) -> Registry:
     """The registry ``settings`` describe (folders, image limits, lazy loading), not yet loaded."""
-    return Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
+    return Registry(default_roots(settings), limits=settings.image_limits, lazy=settings.lazy)
 
 
 def all_sites(registry: Registry) -> list[str]:
