@@ -234,6 +234,12 @@ def uvicorn_argv(factory: str, port: int, workers: int, *, stock_http: bool = Fa
     return argv if stock_http else argv + ["--http", NODELAY_HTTP]
 
 
+def granian_argv(factory: str, port: int, workers: int) -> list[str]:
+    """An app factory behind granian's ASGI interface with the same worker count and logging."""
+    return [PYTHON, "-m", "granian", factory, "--factory", "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+
+
 def peer_argv(module: str, port: int, workers: int, *, stock_http: bool = False) -> list[str]:
     """A peer app from benchmarks/peers served as ``capserve serve`` serves capserve
     (benchmarks/peers/serve.py), or with ``stock_http`` behind plain ``uvicorn --workers``."""

@@ -37,7 +37,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load_common import (  # noqa: E402
-    WORK, Server, b64, capserve_argv, cpu_seconds, entry_spec, free_port, make_registry, model_entry, peer_argv, rss_mb,
+    WORK, Server, b64, capserve_argv, cpu_seconds, entry_spec, free_port, granian_argv, make_registry, model_entry, peer_argv, rss_mb,
     sample_images, uvicorn_argv, worker_rss_mb,
 )
 
@@ -46,6 +46,9 @@ SERVERS = {
     "capserve-stock-http": "the capserve app behind stock uvicorn (no TCP_NODELAY)",
     "capserve-shared-socket": "capserve serve with CAPSERVE_REUSE_PORT=0 (uvicorn's shared socket)",
     "capserve-unbalanced": "capserve serve with CAPSERVE_BALANCE=0 (no connection hand-over between workers)",
+    "uvicorn": "the capserve app behind plain uvicorn --workers (its shared socket, no capserve protocol class)",
+    "granian": "the capserve app behind granian --interface asgi --workers",
+    "bare-uvicorn": "bare LiteRT endpoint behind plain uvicorn --workers",
     "bare": "bare LiteRT endpoint",
     "naive": "naive baseline (getpixel + tf.lite)",
     "ddddocr": "ddddocr general model in a wrapper",
@@ -193,6 +196,14 @@ def _server_argv(name: str, registry: Path, port: int, workers: int, stock_http:
     if name == "capserve-unbalanced":  # capserve serve without the connection hand-over
         env["CAPSERVE_BALANCE"] = "0"
         return capserve_argv(registry, port, workers)
+    if name in ("uvicorn", "granian"):  # the app alone, behind another server's own workers
+        env["CAPSERVE_REGISTRY"] = str(registry)
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-", dir=_workdir())  # as capserve serve does
+        if name == "uvicorn":
+            return uvicorn_argv("capserve.server.app:create_app", port, workers, stock_http=True)
+        return granian_argv("capserve.server.app:create_app", port, workers)
+    if name == "bare-uvicorn":
+        return peer_argv("bare_app", port, workers, stock_http=True)
     if name == "capserve-shared-socket":  # capserve serve with uvicorn's one shared socket
         env["CAPSERVE_REUSE_PORT"] = "0"
         return capserve_argv(registry, port, workers)
