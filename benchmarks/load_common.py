@@ -160,7 +160,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def worker_rss_mb(pid: int) -> list[float]:
-    """RSS of each uvicorn worker (the children of the supervisor), or of the process itself."""
+    """RSS of each worker (the children of the supervisor), or of the process itself."""
     children = [p for p in process_tree(pid) if p != pid]
     return [rss_mb(p, tree=False) for p in children] or [rss_mb(pid, tree=False)]
 
@@ -222,16 +222,11 @@ def capserve_argv(registry: Path, port: int, workers: int, *, lazy: bool = False
     return argv + (["--lazy"] if lazy else [])
 
 
-NODELAY_HTTP = "capserve.server.protocol:NoDelayHTTPProtocol"
-
-
-def uvicorn_argv(factory: str, port: int, workers: int, *, stock_http: bool = False) -> list[str]:
-    """An app factory behind uvicorn with the settings ``capserve serve`` uses: same worker
-    count, log level warning, no access log, default loop and parser, and (unless
-    ``stock_http``) capserve's HTTP protocol class, which only adds TCP_NODELAY."""
-    argv = [PYTHON, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
+def uvicorn_argv(factory: str, port: int, workers: int) -> list[str]:
+    """An app factory behind plain ``uvicorn --workers`` (its shared socket, its own HTTP
+    protocol), with the same worker count, log level warning and no access log."""
+    return [PYTHON, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-    return argv if stock_http else argv + ["--http", NODELAY_HTTP]
 
 
 def granian_argv(factory: str, port: int, workers: int) -> list[str]:
@@ -240,11 +235,11 @@ def granian_argv(factory: str, port: int, workers: int) -> list[str]:
             "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
 
 
-def peer_argv(module: str, port: int, workers: int, *, stock_http: bool = False) -> list[str]:
+def peer_argv(module: str, port: int, workers: int, *, plain_uvicorn: bool = False) -> list[str]:
     """A peer app from benchmarks/peers served as ``capserve serve`` serves capserve
-    (benchmarks/peers/serve.py), or with ``stock_http`` behind plain ``uvicorn --workers``."""
-    if stock_http:
-        return uvicorn_argv(f"benchmarks.peers.{module}:create_app", port, workers, stock_http=True)
+    (benchmarks/peers/serve.py), or with ``plain_uvicorn`` behind ``uvicorn --workers``."""
+    if plain_uvicorn:
+        return uvicorn_argv(f"benchmarks.peers.{module}:create_app", port, workers)
     return [PYTHON, "-m", "benchmarks.peers.serve", module, "--port", str(port), "--workers", str(workers)]
 
 
@@ -268,7 +263,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for name in ("ai_edge_litert", "numpy", "PIL", "starlette", "uvicorn", "orjson", "ddddocr", "onnxruntime",
+    for name in ("ai_edge_litert", "numpy", "PIL", "starlette", "granian", "uvicorn", "orjson", "ddddocr", "onnxruntime",
                  "tensorflow", "uvloop", "httptools"):
         versions[name] = _version(name)
     wrk = shutil.which("wrk")

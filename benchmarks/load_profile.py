@@ -51,16 +51,14 @@ GROUPS = [
     ("endpoint (rest)", "peers/endpoint.py"),
     ("registry watcher thread", "model_registry/registry.py"),
     ("Starlette routing and middleware", "starlette/"),
-    ("uvicorn HTTP protocol (parsing, writing)", "uvicorn/protocols/"),
-    ("uvicorn HTTP protocol (parsing, writing)", "/h11/"),
-    ("uvicorn HTTP protocol (parsing, writing)", "/httptools/"),
+    ("granian's ASGI glue (HTTP itself is in Rust, off these samples)", "granian/"),
     ("asyncio event loop (transports, scheduling)", "asyncio/"),
 ]
 
 
 # Samples that are not the serving of requests: start-up (imports, app and model loading) and
 # other threads (the registry watcher sleeping between scans).
-SKIP = ("importlib._bootstrap", "(threading.py", "LifespanOn", "Server.startup", "Config.load")
+SKIP = ("importlib._bootstrap", "(threading.py", "LifespanProtocol")
 
 
 def classify(stack: list[str]) -> str:
@@ -79,7 +77,7 @@ def profile_server(name: str, registry: Path, entry: Path, items, duration: floa
         target = peer_argv(f"{name}_app", port, 1)
     raw = work / f"{name}.txt"
     pyspy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
-    argv = [pyspy, "record", "-r", str(rate), "-f", "raw", "-o", str(raw), "--idle", "--nonblocking", "--"] + target
+    argv = [pyspy, "record", "-r", str(rate), "-f", "raw", "-o", str(raw), "--idle", "--nonblocking", "--subprocesses", "--"] + target
     server = Server(argv, port, env={"BENCH_ENTRY": str(entry)}, log=work / f"{name}.log").start()
     try:
         server.wait_ready()

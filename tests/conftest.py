@@ -12,15 +12,6 @@ from tests import model_factory
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _own_listening_sockets(monkeypatch):
-    """Each test starts with no registered listening sockets (server/accept.py keeps them per
-    process, as a worker does for its whole life)."""
-    from capserve.server import accept
-
-    monkeypatch.setattr(accept, "_listeners", [])
-
-
 @pytest.fixture(scope="session")
 def tiny_model_bytes() -> bytes:
     return model_factory.tiny_tflite()
