@@ -120,6 +120,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, sockets: int, timeout: float = 30.0) -> int:
+    """Wait until ``sockets`` sockets listen on 127.0.0.1:``port`` (a worker each, SO_REUSEPORT):
+    /readyz answers as soon as one worker is up, and connections opened before the others
+    listen all stay on it (BENCHMARKS.md). Returns how many listen."""
+    wanted = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        count = sum(1 for f in rows if f[1] == wanted and f[3] == "0A")
+        if count >= sockets or time.monotonic() > deadline:
+            return count
+        time.sleep(0.01)
+
+
 def process_tree(pid: int) -> list[int]:
     pids, todo = [], [pid]
     while todo:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load_common import (  # noqa: E402
     WORK, Server, b64, capserve_argv, cpu_seconds, entry_spec, free_port, granian_argv, make_registry, model_entry, peer_argv, rss_mb,
-    sample_images, uvicorn_argv, worker_rss_mb,
+    sample_images, uvicorn_argv, wait_listening, worker_rss_mb,
 )
 
 SERVERS = {
@@ -216,6 +216,8 @@ def bench_server(name: str, *, registry: Path, entry: Path, samples, connections
     result: dict = {"server": display_name(name), "label": label, "runs": []}
     with Server(argv, port, env=server_env, log=log) as server:
         result["ready_s"] = server.wait_ready()
+        # plain uvicorn shares one socket between its workers; every other server has one per worker
+        wait_listening(port, 1 if name.split("@")[0] in ("uvicorn", "bare-uvicorn") else workers)
         result["check"] = check_answers(server.base, samples)
         result["rss_ready_mb"] = rss_mb(server.proc.pid)
         for method in methods:

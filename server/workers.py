@@ -1,8 +1,9 @@
 """How ``capserve serve`` runs an app: granian's worker processes and HTTP/1 server.
 
-granian (a Rust HTTP server, hyper and tokio, with an ASGI interface) binds one listening socket,
-starts ``workers`` processes that each build the app and run its start-up (the registry loads)
-before they take connections, restarts a worker that dies, and passes SIGTERM and SIGINT on.
+granian (a Rust HTTP server, hyper and tokio, with an ASGI interface) starts ``workers``
+processes that each build the app, run its start-up (the registry loads) and only then listen,
+on a socket of their own on the same port (SO_REUSEPORT); it restarts a worker that dies and
+passes SIGTERM and SIGINT on.
 It sets TCP_NODELAY on every connection and accepts connections in Rust, off the Python event
 loop, so a busy worker does not leave a burst of new connections waiting in the accept queue.
 The comparison that chose it over uvicorn, with and without capserve's own socket handling, is

@@ -18,19 +18,29 @@ from tests.test_serve_process import start_server
 
 
 def _workers(base: str) -> list[int]:
-    """The worker processes of the server listening at ``base`` (children of the process that
-    owns the listening socket, which is granian's supervisor)."""
+    """The worker processes of the server listening at ``base``: each listens on a socket of
+    its own (SO_REUSEPORT), the supervisor on none."""
     port = int(base.rsplit(":", 1)[1])
-    inode = next(line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                 if line.split()[1] == f"0100007F:{port:04X}" and line.split()[3] == "0A")
+    listening = {f"socket:[{line.split()[9]}]" for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[1] == f"0100007F:{port:04X}" and line.split()[3] == "0A"}
+    found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in (proc / "fd").iterdir()):
-                children = (proc / "task" / proc.name / "children").read_text().split()
-                return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            if b"spawn_main" in (proc / "cmdline").read_bytes() and any(
+                os.readlink(fd) in listening for fd in (proc / "fd").iterdir()
+            ):
+                found.append(int(proc.name))
         except OSError:
             continue
-    return []
+    return sorted(found)
+
+
+def _all_workers(base: str, n: int) -> list[int]:
+    """The ``n`` workers, once all have started (/readyz answers as soon as one has)."""
+    deadline = time.monotonic() + 30
+    while len(found := _workers(base)) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 def test_two_workers_serve_and_a_scrape_counts_all_of_them(registry_dir, tmp_path, monkeypatch):
@@ -38,7 +48,7 @@ def test_two_workers_serve_and_a_scrape_counts_all_of_them(registry_dir, tmp_pat
     metrics_dir.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     with start_server(registry_dir, "--workers", "2") as base:
-        assert len(_workers(base)) == 2
+        assert len(_all_workers(base, 2)) == 2
         for _ in range(40):  # a new connection each: both workers take some
             assert httpx.post(base + "/recognize/tiny", content=png_bytes(), timeout=10).status_code == 200
         metrics = httpx.get(base + "/metrics", timeout=10).text
@@ -51,12 +61,12 @@ def test_two_workers_serve_and_a_scrape_counts_all_of_them(registry_dir, tmp_pat
 
 def test_a_worker_that_dies_is_replaced(registry_dir):
     with start_server(registry_dir, "--workers", "2") as base:
-        first, second = _workers(base)
+        first, second = _all_workers(base, 2)
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (len(_workers(base)) < 2 or first in _workers(base)):
             time.sleep(0.1)
-        replaced = _workers(base)
+        replaced = _all_workers(base, 2)
         assert second in replaced and first not in replaced and len(replaced) == 2
         for _ in range(10):
             assert httpx.post(base + "/recognize/tiny", content=png_bytes(), timeout=10).status_code == 200
@@ -70,4 +80,4 @@ def test_a_worker_that_fails_to_start_stops_the_server_with_exit_3(workers):
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
-    assert "start-up fails on purpose" in proc.stderr
+    assert "start-up fails on purpose" in proc.stdout + proc.stderr  # granian logs to stdout
