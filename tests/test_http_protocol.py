@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from tests.conftest import png_bytes
-from tests.test_serve_process import _read_response, start_server
+from tests.servers import start_server
+from tests.test_serve_process import _read_response
 
 TIMEOUT = 1.0  # --header-timeout of these servers, seconds
 

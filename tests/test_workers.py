@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, png_bytes
-from tests.test_serve_process import start_server
+from tests.servers import start_server
 
 
 def _workers(base: str) -> list[int]:
