@@ -38,11 +38,13 @@ GROUPS = [
     ("idle: waiting for input (epoll)", "select (selectors.py"),
     ("LiteRT: set_tensor, invoke, get_tensor", "ai_edge_litert/interpreter.py"),
     ("bare endpoint: PIL decode, numpy, CTC", "peers/bare_app.py"),
-    ("interpreter pool (runtime.py)", "model_registry/runtime.py"),
-    ("CTC decoding", "model_registry/decoders.py"),
-    ("image decoding (PIL, checks)", "plugins/images.py"),
+    ("interpreter pool (runtime.py)", "core/runtime.py"),
+    ("CTC decoding", "core/decoders.py"),
+    ("image decoding (PIL, checks)", "core/images.py"),
     ("preprocess chain (plugins)", "plugins/"),
-    ("Model.recognize (rest)", "model_registry/model.py"),
+    ("preprocess chain (plugins)", "core/chain.py"),
+    ("preprocess chain (plugins)", "core/steps.py"),
+    ("Model.recognize (rest)", "core/model.py"),
     ("request parsing (base64, JSON, body)", "server/parsing.py"),
     ("metrics (prometheus_client)", "server/metrics.py"),
     ("JSON response (orjson)", "server/responses.py"),
@@ -62,6 +64,8 @@ SKIP = ("importlib._bootstrap", "(threading.py", "LifespanProtocol")
 
 
 def classify(stack: list[str]) -> str:
+    if all(frame.startswith("process ") for frame in stack):  # py-spy --subprocesses names the processes first
+        return "no Python frame: granian's Rust threads (HTTP, accepting, waiting)"
     for frame in reversed(stack):
         for group, needle in GROUPS:
             if needle in frame:
