@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 STARTUP_FAILURE = 3
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when first imported; not imported here
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -103,9 +104,7 @@ def shared_state(workers: int):
     """With several workers, a temporary folder for Prometheus' multiprocess files, so /metrics
     adds up all workers (a PROMETHEUS_MULTIPROC_DIR given by the operator is used as is),
     removed when the server stops."""
-    from capserve.server.metrics import MULTIPROCESS_ENV, multiprocess_dir
-
-    if workers < 2 or multiprocess_dir() is not None:
+    if workers < 2 or os.environ.get(MULTIPROCESS_ENV):
         yield
         return
     folder = Path(tempfile.mkdtemp(prefix="capserve-metrics-"))
