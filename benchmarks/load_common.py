@@ -212,7 +212,9 @@ class Server:
         raise RuntimeError(f"server {self.argv} not ready after {timeout} s; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop the whole process group: also the workers of a supervisor that has already
+        exited (py-spy takes granian's supervisor down with it, not its workers)."""
+        if self.proc is None:
             return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
