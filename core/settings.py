@@ -56,13 +56,6 @@ class Settings(BaseSettings):
     hmac_window: float = _setting(300, "seconds a signature's timestamp may be off", gt=0)
     load_plugins: bool = _setting(True, "`0`: load built-in plugins only ([plugins.md](plugins.md))")
     trace_plugins: bool = _setting(False, "`1`: print every plugin hook call to stderr")
-    reuse_port: bool = _setting(
-        True, "`0`: with several workers, share one listening socket (uvicorn's way) instead of a socket per "
-        "worker; for comparison only")
-    balance: bool = _setting(True, "`0`: with several workers, turn off connection balancing between them")
-    balance_dir: Path | None = _setting(
-        None, "the folder the workers share for balancing; `capserve serve --workers N` makes and removes it",
-        "set by capserve")
     scf_refresh_interval: float = _setting(
         0, "cloud function: seconds after which an invocation rescans the registry; `0`: load once per "
         "container ([deploy-scf.md](deploy-scf.md))", ge=0)
