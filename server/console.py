@@ -213,6 +213,9 @@ async def report_wrong(request: Request) -> Response:
         name = keep_sample(state.settings, site, data, answer, "wrong", model.spec.version if model else None)
     except CapserveError as exc:
         return error_response(exc)
+    except OSError:
+        log.exception("could not keep a sample of site %s", site)
+        return error_response(HTTPError("the sample could not be stored", code="samples_unwritable", status=500))
     return FastJSONResponse({"ok": True, "site": site, "sample": name}, status_code=201)
 
 
@@ -221,7 +224,6 @@ def preview_uri(png: bytes) -> str:
 
 
 STATIC_ROUTES = [
-    Route("/v1/console", console_state, methods=["GET"]),
     Route("/", index, methods=["GET"]),
     Route("/console/{name}", static_file, methods=["GET"]),
 ]
