@@ -12,6 +12,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -262,6 +263,12 @@ def test_capserve_label_opens_the_page_for_any_folder(page, tmp_path):
     try:
         lines = iter(proc.stdout.readline, b"")
         assert any(f"http://127.0.0.1:{port}/#label/demo" in line.decode() for line in lines)
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("#label-image[src^=blob]")
         page.wait_for_function("() => document.getElementById('label-input').value.length === 4")  # the model's guess
