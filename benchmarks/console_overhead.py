@@ -1,13 +1,17 @@
 """Does the console cost ``/recognize`` anything? The same ASGI call of the app with the
-console's routes and without them, in process (no sockets), in interleaved rounds.
+console's routes and without them, in process (no sockets), in interleaved rounds. With
+``--before FILE`` the comparison is with the app of another ``server/app.py`` (the one from
+before the console: ``git show <commit>:server/app.py > /tmp/app_before.py``), its
+``/recognize`` handler included, over this tree's other modules.
 
-    python benchmarks/console_overhead.py [--rounds 15] [-n 2000]
+    python benchmarks/console_overhead.py [--rounds 15] [-n 500] [--before /tmp/app_before.py]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import base64
 import statistics
 import sys
@@ -27,8 +31,14 @@ from capserve.server.settings import Settings  # noqa: E402
 IMAGE = (Path(__file__).resolve().parent.parent / "docs" / "examples" / "demo-7kp3.png").read_bytes()
 
 
-def apps(registry: Registry):
+def apps(registry: Registry, before: Path | None):
     with_console = create_app(registry, Settings(), access=Access(), watch=False)
+    if before is not None:
+        spec = importlib.util.spec_from_file_location("app_before", before)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return {"with console": with_console, "without console": module.create_app(
+            registry, Settings(), access=Access(), watch=False)}
     without = create_app(registry, Settings(), access=Access(), watch=False)
     extra = {id(r) for r in (*console.ROUTES, *console.STATIC_ROUTES)}
     without.router.routes = [r for r in ROUTES if id(r) not in extra]
@@ -73,6 +83,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("-n", type=int, default=500, help="requests per round and case")
+    parser.add_argument("--before", type=Path, metavar="APP_PY", help="compare with this app.py's app")
     args = parser.parse_args()
     registry = Registry()
     registry.refresh()
@@ -82,10 +93,11 @@ async def main() -> None:
     }
     results = {(case, name): [] for case in cases for name in ("with console", "without console")}
     for _ in range(args.rounds):
-        for name, app in apps(registry).items():  # the two alternate inside every round
+        for name, app in apps(registry, args.before).items():  # the two alternate inside every round
             for case, (request_scope, body) in cases.items():
                 results[(case, name)].append(await timed(app, request_scope, body, args.n))
-    print("| request | without console (µs) | with console (µs) | difference |")
+    baseline = f"{args.before.name}" if args.before else "without console routes"
+    print(f"| request | {baseline} (µs) | with console (µs) | difference |")
     print("| --- | --- | --- | --- |")
     for case in cases:
         before = statistics.median(results[(case, "without console")])
