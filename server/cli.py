@@ -145,6 +145,11 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     from capserve.server.app import create_app
 
+    from capserve.core.spec import SITE_PATTERN
+
+    if not SITE_PATTERN.fullmatch(args.site):
+        print(f"capserve: --site {args.site!r} is not a site name (lowercase letters, digits, - and _)", file=sys.stderr)
+        return 2
     folder = args.folder.resolve()
     if not folder.is_dir():
         print(f"capserve: {args.folder} is not a folder", file=sys.stderr)
