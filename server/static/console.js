@@ -301,7 +301,8 @@ async function showSample() {
   if (label.pressed != null) {
     const pressed = label.pressed;
     label.pressed = null;
-    requestAnimationFrame(() => window.capserveNextSampleMs.push(performance.now() - pressed));
+    // after the frame that shows it is painted: a task queued from the frame's callback
+    requestAnimationFrame(() => setTimeout(() => window.capserveNextSampleMs.push(performance.now() - pressed), 0));
   }
 }
 
@@ -321,7 +322,7 @@ $("label-input").addEventListener("keydown", (event) => {
     event.preventDefault();
     const text = $("label-input").value.trim();
     if (!text) { $("label-message").textContent = "type the label first, or Esc to skip"; return; }
-    label.pressed = performance.now();
+    label.pressed = event.timeStamp; // when the key went down, on performance.now()'s clock
     save(item, text);
     label.index += 1;
     showSample();
