@@ -95,16 +95,17 @@ async def recognize(request: Request) -> Response:
             if preview is not None:
                 answer["preview"] = preview
         if keep:
-            answer["sample"] = _keep(settings, site, data, result.text, model.spec.version)
+            answer["sample"] = await _keep(settings, site, data, result.text, model.spec.version)
         response = FastJSONResponse(answer)
     state.metrics.observe(served, response.status_code, time.perf_counter() - started)
     return response
 
 
-def _keep(settings: Settings, site: str, data: bytes, text: str, version: int) -> str | None:
-    """``keep=true``: store the sample; a failure to write is logged, the answer still goes out."""
+async def _keep(settings: Settings, site: str, data: bytes, text: str, version: int) -> str | None:
+    """``keep=true``: store the sample, in a thread (past a bound it scans the folder); a failure
+    to write is logged, and the answer still goes out."""
     try:
-        return keep_sample(settings, site, data, text, "keep", version)
+        return await asyncio.to_thread(keep_sample, settings, site, data, text, "keep", version)
     except (OSError, CapserveError):
         log.exception("could not keep a sample of site %s", site)
         return None

@@ -12,6 +12,7 @@ The sample routes need a key valid for the site when keys are on, and collection
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import shlex
@@ -166,7 +167,7 @@ async def list_samples(request: Request) -> Response:
         folder = _folder(request, site)
     except CapserveError as exc:
         return error_response(exc)
-    listing = folder.listing()
+    listing = await asyncio.to_thread(folder.listing)  # a file per sample: off the event loop
     listing["command"] = train_command(request.app.state.registry, site, folder.path)
     return FastJSONResponse({"ok": True, "site": site, **listing})
 
@@ -210,7 +211,8 @@ async def report_wrong(request: Request) -> Response:
         data = await image_bytes(request, body, state.settings.max_body_bytes)
         answer = request.query_params.get("answer", "")
         model = state.registry.serving(site)
-        name = keep_sample(state.settings, site, data, answer, "wrong", model.spec.version if model else None)
+        version = model.spec.version if model else None
+        name = await asyncio.to_thread(keep_sample, state.settings, site, data, answer, "wrong", version)
     except CapserveError as exc:
         return error_response(exc)
     except OSError:

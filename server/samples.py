@@ -6,7 +6,9 @@ and a ``<name>.json`` beside it with the model's answer, the version and why it 
 (``keep``: a request sent with ``keep=true``; ``wrong``: a reported wrong answer). Labels go
 into the folder's ``labels.csv`` (``file,label``), the format ``capserve train --data`` reads.
 Each site's folder is bounded by ``CAPSERVE_SAMPLES_MAX_COUNT`` samples and
-``CAPSERVE_SAMPLES_MAX_BYTES`` bytes of images; the oldest samples go first, labelled or not.
+``CAPSERVE_SAMPLES_MAX_BYTES`` bytes of images; past a bound the oldest samples go first,
+labelled or not, until the folder is a tenth below it. ``.usage.json`` keeps the count and
+bytes, so keeping a sample does not scan the folder.
 
 ``keep_sample(settings, site, image, answer, reason)`` is the one function that stores a
 sample; a route that learns of a wrong answer calls it. ``Folder`` lists and labels any folder
@@ -35,6 +37,7 @@ from capserve.server.errors import HTTPError
 
 LABELS = "labels.csv"
 LOCK = ".lock"
+USAGE = ".usage.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 SUFFIX_OF_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -84,7 +87,7 @@ def keep_sample(settings: Settings, site: str, image: bytes, answer: str, reason
     _write(folder / f"{name}.json", json.dumps(meta).encode())
     _write(folder / name, image)
     with _locked(folder):
-        _enforce_bounds(folder, settings.samples_max_count, settings.samples_max_bytes)
+        _enforce_bounds(folder, len(image), settings.samples_max_count, settings.samples_max_bytes)
     return name
 
 
@@ -117,22 +120,49 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _enforce_bounds(folder: Path, max_count: int, max_bytes: int) -> None:
-    collected = sorted(p for p in folder.iterdir() if p.suffix == ".json" and (folder / p.stem).is_file())
-    sizes = [(folder / p.stem).stat().st_size for p in collected]
-    total, drop = sum(sizes), []
-    while collected and (len(collected) - len(drop) > max_count or total > max_bytes):
-        oldest = collected[len(drop)]
-        total -= sizes[len(drop)]
-        drop.append(oldest.stem)
-    if not drop:
-        return
+def _enforce_bounds(folder: Path, added: int, max_count: int, max_bytes: int) -> None:
+    """Count the sample just written (``added`` bytes) in the folder's usage; past a bound, drop
+    the oldest samples until a tenth below it, so that a full folder is scanned once per tenth
+    of its samples rather than on every one."""
+    usage = _read_usage(folder)
+    usage = _scan(folder)[1] if usage is None else (usage[0] + 1, usage[1] + added)
+    if usage[0] > max_count or usage[1] > max_bytes:
+        usage = _drop_oldest(folder, max_count * 9 // 10, max_bytes * 9 // 10)
+    _write(folder / USAGE, json.dumps({"count": usage[0], "bytes": usage[1]}).encode())
+
+
+def _read_usage(folder: Path) -> tuple[int, int] | None:
+    try:
+        doc = json.loads((folder / USAGE).read_text())
+        return int(doc["count"]), int(doc["bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _scan(folder: Path) -> tuple[list[tuple[str, int]], tuple[int, int]]:
+    """The collected samples oldest first, with their sizes, and their count and bytes."""
+    with os.scandir(folder) as entries:
+        files = {e.name: e for e in entries if e.is_file(follow_symlinks=False)}
+    samples = sorted((name, files[name].stat().st_size) for name in files
+                     if f"{name}.json" in files and Path(name).suffix in SUFFIX_OF_FORMAT.values())
+    return samples, (len(samples), sum(size for _, size in samples))
+
+
+def _drop_oldest(folder: Path, keep_count: int, keep_bytes: int) -> tuple[int, int]:
+    samples, (count, total) = _scan(folder)
+    drop = []
+    for name, size in samples:
+        if count <= keep_count and total <= keep_bytes:
+            break
+        drop.append(name)
+        count, total = count - 1, total - size
     for name in drop:
         for path in (folder / name, folder / f"{name}.json"):
             path.unlink(missing_ok=True)
     labels = read_labels(folder)
     if any(name in labels for name in drop):
-        _write_labels(folder, {k: v for k, v in labels.items() if k not in drop})
+        _write_labels(folder, {k: v for k, v in labels.items() if k not in set(drop)})
+    return count, total
 
 
 def read_labels(folder: Path) -> dict[str, str]:

@@ -99,27 +99,45 @@ def test_a_reported_wrong_answer_is_kept_under_a_generated_name(registry, tmp_pa
         assert answer.status_code == 201
         name = answer.json()["sample"]
         assert GENERATED.fullmatch(name)
-        assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted([name, name + ".json", ".lock"])
+        assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+            [name, name + ".json", ".lock", ".usage.json"])
         assert Folder(tmp_path / "demo").answer(name) == "7kpe"
         not_image = c.post("/v1/samples/demo", content=b"plain text", headers={"content-type": "image/png"})
         assert not_image.status_code == 422 and not_image.json()["error"]["code"] == "bad_sample"
 
 
 def test_samples_are_bounded_by_count_and_bytes_oldest_first(tmp_path):
-    settings = Settings(samples_dir=tmp_path, samples_max_count=3)
-    names = [keep_sample(settings, "s", png(), "ab") for _ in range(5)]
+    settings = Settings(samples_dir=tmp_path, samples_max_count=10)
+    names = [keep_sample(settings, "s", png(), "ab") for _ in range(10)]
     folder = Folder(tmp_path / "s")
-    folder.label(names[2], "zz")
-    folder.label(names[3], "yy")
+    folder.label(names[1], "zz")
+    folder.label(names[5], "yy")
+    assert folder.images() == names
+    names.append(keep_sample(settings, "s", png(), "ab"))  # one over: down to a tenth below the bound
     assert folder.images() == names[2:]
+    assert read_labels(tmp_path / "s") == {names[5]: "yy"}  # the dropped sample's label went with it
     names.append(keep_sample(settings, "s", png(), "ab"))
-    assert folder.images() == names[3:]
-    assert read_labels(tmp_path / "s") == {names[3]: "yy"}  # the dropped sample's label went with it
+    assert folder.images() == names[2:]
 
     size = len(png(40))
     by_bytes = Settings(samples_dir=tmp_path, samples_max_bytes=2 * size + 1)
-    kept = [keep_sample(by_bytes, "b", png(40), "ab") for _ in range(4)]
+    kept = [keep_sample(by_bytes, "b", png(40), "ab") for _ in range(2)]
+    assert Folder(tmp_path / "b").images() == kept
+    kept.append(keep_sample(by_bytes, "b", png(40), "ab"))  # over: down to 90 % of the bytes, one image
     assert Folder(tmp_path / "b").images() == kept[2:]
+
+
+def test_the_bounds_are_restored_when_the_usage_file_is_lost_or_stale(tmp_path):
+    settings = Settings(samples_dir=tmp_path, samples_max_count=10)
+    names = [keep_sample(settings, "s", png(), "ab") for _ in range(10)]
+    (tmp_path / "s" / ".usage.json").unlink()
+    names.append(keep_sample(settings, "s", png(), "ab"))
+    assert Folder(tmp_path / "s").images() == names[2:]
+    (tmp_path / "s" / ".usage.json").write_text('{"count": 0, "bytes": 0}')  # e.g. files copied in by hand
+    for path in sorted((tmp_path / "s").glob("*.png"))[:3]:
+        path.unlink()  # fewer samples than counted: the next drop recounts from the folder
+    names += [keep_sample(settings, "s", png(), "ab") for _ in range(11)]
+    assert len(Folder(tmp_path / "s").images()) <= 10
 
 
 def test_labels_are_checked_and_stay_inside_the_folder(registry, tmp_path):
@@ -136,7 +154,8 @@ def test_labels_are_checked_and_stay_inside_the_folder(registry, tmp_path):
         assert c.get("/v1/samples/demo").json() | {"command": ""} == {
             "ok": True, "site": "demo", "labelled": 1, "samples": [], "command": ""}
     assert (tmp_path / "demo" / "labels.csv").read_text() == f"file,label\n{name},7kp3\n"
-    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["demo", name, name + ".json", ".lock", "labels.csv"])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["demo", name, name + ".json", ".lock", ".usage.json", "labels.csv"])
 
 
 def test_report_files_come_only_from_the_entry_report_folder(tmp_path):
