@@ -194,7 +194,7 @@ async def label_sample(request: Request) -> Response:
         label = doc.get("label") if isinstance(doc, dict) else None
         if not isinstance(label, str):
             raise BadJSON('send {"label": "<text>"}')
-        folder.label(name, label)
+        await asyncio.to_thread(folder.label, name, label)  # rewrites labels.csv
     except CapserveError as exc:
         return error_response(exc)
     return FastJSONResponse({"ok": True, "name": name, "label": label.strip()})
