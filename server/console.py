@@ -106,7 +106,11 @@ async def report_file(request: Request) -> Response:
     if name not in report_files(entry.path):
         return error_response(NotFound(f"the report of {site} v{version} has no file {name[:64]!r}"))
     path = entry.path.parent / REPORT_DIR / name
-    return Response(path.read_bytes(), media_type=REPORT_TYPES[path.suffix],
+    try:
+        content = path.read_bytes()
+    except OSError:  # removed since it was listed
+        return error_response(NotFound(f"the report of {site} v{version} has no file {name[:64]!r}"))
+    return Response(content, media_type=REPORT_TYPES[path.suffix],
                     headers={**FILE_HEADERS, "content-security-policy": "default-src 'none'"})
 
 
@@ -176,9 +180,12 @@ async def sample_image(request: Request) -> Response:
     site, name = request.path_params["site"], request.path_params["name"]
     try:
         path = _folder(request, site).image(name)
+        content = path.read_bytes()
     except CapserveError as exc:
         return error_response(exc)
-    return Response(path.read_bytes(), media_type=IMAGE_TYPES[path.suffix.lower()],
+    except OSError:  # dropped since it was listed
+        return error_response(SampleNotFound("no such sample"))
+    return Response(content, media_type=IMAGE_TYPES[path.suffix.lower()],
                     headers={**FILE_HEADERS, "content-security-policy": "default-src 'none'"})
 
 

@@ -101,7 +101,7 @@ def test_try_upload_paste_wrong_and_errors(page, registry, tmp_path):
 
         page.click("#try-wrong")
         page.wait_for_function("() => document.getElementById('try-wrong-state').textContent.startsWith('kept as')")
-        kept = json.loads(next((samples / "demo").glob("*.json")).read_text())
+        kept = json.loads(next((samples / "demo").glob("*.png.json")).read_text())
         assert kept["answer"] == "7kp3" and kept["reason"] == "wrong"
 
         page.evaluate("() => { document.getElementById('try-text').textContent = ''; }")  # pasting: a ClipboardEvent holding the image file
@@ -110,6 +110,15 @@ def test_try_upload_paste_wrong_and_errors(page, registry, tmp_path):
             const transfer = new DataTransfer();
             transfer.items.add(new File([bytes], "pasted.png", { type: "image/png" }));
             document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true }));
+        }""", base64.b64encode(DEMO_EXAMPLE.read_bytes()).decode())
+        page.wait_for_function("() => document.getElementById('try-text').textContent === '7kp3'")
+
+        page.evaluate("() => { document.getElementById('try-text').textContent = ''; }")  # dropping a file
+        page.evaluate("""(data) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
         }""", base64.b64encode(DEMO_EXAMPLE.read_bytes()).decode())
         page.wait_for_function("() => document.getElementById('try-text').textContent === '7kp3'")
 
