@@ -95,7 +95,7 @@ def test_try_upload_paste_wrong_and_errors(page, registry, tmp_path):
         assert page.locator("#try-chars span").count() == 4
         assert page.get_attribute("#try-preview", "src").startswith("data:image/png;base64,")
         assert page.evaluate("() => document.getElementById('try-preview').naturalWidth") == 100  # the model's input
-        assert "curl --data-binary @captcha -H 'Content-Type: image/png'" in page.text_content("#try-curl")
+        assert "curl --data-binary @'demo-7kp3.png' -H 'Content-Type: image/png'" in page.text_content("#try-curl")
         assert page.locator("#try-timings tr").count() == 5
         shot(page, "try")
 

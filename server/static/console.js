@@ -103,7 +103,7 @@ async function recognize(blob) {
   $("try-wrong-state").textContent = "";
   $("try-image").src = URL.createObjectURL(blob);
   const type = blob.type || "application/octet-stream";
-  $("try-curl").textContent = curlCommand(site, type);
+  $("try-curl").textContent = curlCommand(site, type, blob.name || "captcha.png");
   try {
     const answer = await api(`recognize/${encodeURIComponent(site)}?details=preview`, {
       method: "POST", body: blob, headers: { "Content-Type": type },
@@ -125,16 +125,17 @@ function showAnswer(answer) {
   $("try-chars").replaceChildren(...answer.characters.map((c) =>
     el("span", { class: confidenceClass(c.confidence), title: String(c.confidence) }, c.char, el("small", {}, c.confidence.toFixed(3)))));
   const rows = Object.entries(answer.timings_ms).map(([stage, ms]) => el("tr", {}, el("th", {}, stage), el("td", {}, ms.toFixed(3) + " ms")));
-  rows.push(el("tr", {}, el("th", {}, "whole request"), el("td", {}, answer.elapsed_ms.toFixed(3) + " ms")));
+  rows.push(el("tr", {}, el("th", {}, "whole request, with the preview"), el("td", {}, answer.elapsed_ms.toFixed(3) + " ms")));
   $("try-timings").replaceChildren(...rows);
   $("try-wrong").hidden = !(state.info && state.info.samples);
   $("try-wrong").dataset.answer = answer.text;
 }
 
-function curlCommand(site, type) {
+function curlCommand(site, type, file) {
   const url = new URL(`recognize/${encodeURIComponent(site)}?details=true`, location.href).href;
   const key = state.key ? " -H \"X-API-Key: $CAPSERVE_KEY\"" : "";
-  return `curl --data-binary @captcha -H 'Content-Type: ${type}'${key} '${url}'`;
+  const quoted = "'" + file.replaceAll("'", "'\\''") + "'";
+  return `curl --data-binary @${quoted} -H 'Content-Type: ${type}'${key} '${url}'`;
 }
 
 $("try-wrong").addEventListener("click", async () => {
