@@ -32,7 +32,9 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from capserve.core.errors import UnknownSite
 from capserve.core.settings import Settings
+from capserve.core.spec import SITE_PATTERN
 from capserve.server.errors import HTTPError
 
 LABELS = "labels.csv"
@@ -62,9 +64,12 @@ class BadLabel(HTTPError):
 
 
 def site_folder(settings: Settings, site: str) -> Path:
-    """The samples folder of ``site``; ``SamplesOff`` when collection is off."""
+    """The samples folder of ``site``; ``SamplesOff`` when collection is off, ``UnknownSite``
+    for a name that is no site's (``..`` among them)."""
     if settings.samples_dir is None:
         raise SamplesOff("collecting samples is off: set CAPSERVE_SAMPLES_DIR")
+    if not SITE_PATTERN.fullmatch(site):
+        raise UnknownSite(f"{site[:64]!r} is not a site name")
     return Path(settings.samples_dir) / site
 
 
@@ -81,7 +86,7 @@ def keep_sample(settings: Settings, site: str, image: bytes, answer: str, reason
     if len(image) > settings.samples_max_bytes:
         raise BadSample(f"the image is larger than the samples limit of {settings.samples_max_bytes} bytes")
     folder = site_folder(settings, site)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # the site's folder only: its name was checked
     name = f"{time.time_ns():020d}-{secrets.token_hex(4)}{suffix}"
     meta = {"answer": answer[:MAX_LABEL], "reason": reason, "version": version, "time": round(time.time(), 3)}
     _write(folder / f"{name}.json", json.dumps(meta).encode())

@@ -106,6 +106,20 @@ def test_a_reported_wrong_answer_is_kept_under_a_generated_name(registry, tmp_pa
         assert not_image.status_code == 422 and not_image.json()["error"]["code"] == "bad_sample"
 
 
+def test_a_site_name_never_leads_out_of_the_samples_folder(registry, tmp_path):
+    samples = tmp_path / "samples"
+    (tmp_path / "outside.png").write_bytes(png())
+    with client(registry, samples_dir=samples) as c:
+        for site in ("%2e%2e", "%2E%2E", "DEMO"):
+            assert c.get(f"/v1/samples/{site}").status_code == 404, site
+            assert c.get(f"/v1/samples/{site}/outside.png").status_code == 404, site
+            assert c.put(f"/v1/samples/{site}/outside.png", json={"label": "ab"}).status_code == 404, site
+            assert c.post(f"/v1/samples/{site}", content=IMAGE).status_code == 404, site
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.png"]  # nothing written, samples not even made
+    with pytest.raises(Exception, match="not a site name"):
+        keep_sample(Settings(samples_dir=samples), "..", IMAGE, "ab")
+
+
 def test_samples_are_bounded_by_count_and_bytes_oldest_first(tmp_path):
     settings = Settings(samples_dir=tmp_path, samples_max_count=10)
     names = [keep_sample(settings, "s", png(), "ab") for _ in range(10)]
