@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -259,16 +259,12 @@ def test_console_asks_for_a_key_and_refuses_without_one(page, registry, tmp_path
     assert "7kp3" in (samples / "demo" / "labels.csv").read_text()
 
 
-def test_capserve_label_opens_the_page_for_any_folder(page, tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    made = captchas(3)
-    for i, (_, image) in enumerate(made):
-        (folder / f"img{i}.png").write_bytes(image)
+@contextlib.contextmanager
+def label_server(folder: Path):
+    """``capserve label FOLDER --site demo`` on a free port, listening; yields its port."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "capserve.server.cli", "label", str(folder), "--site", "demo",
-                             "--port", str(port), "--no-open"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "CAPSERVE_WATCH_INTERVAL": "0.1"})
+                             "--port", str(port), "--no-open"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         lines = iter(proc.stdout.readline, b"")
         assert any(f"http://127.0.0.1:{port}/#label/demo" in line.decode() for line in lines)
@@ -278,11 +274,43 @@ def test_capserve_label_opens_the_page_for_any_folder(page, tmp_path):
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#label-image[src^=blob]")
-        page.wait_for_function("() => document.getElementById('label-input').value.length === 4")  # the model's guess
-        _label_all(page, [text for text, _ in made])
+        yield port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    assert (folder / "labels.csv").read_text().splitlines()[1:] == [f"img{i}.png,{t}" for i, (t, _) in enumerate(made)]
+
+
+def image_folder(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    made = captchas(count)
+    for i, (_, image) in enumerate(made):
+        (folder / f"img{i}.png").write_bytes(image)
+    return folder, [text for text, _ in made]
+
+
+def test_capserve_label_opens_the_page_for_any_folder(page, tmp_path):
+    folder, texts = image_folder(tmp_path, 3)
+    with label_server(folder) as port:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#label-image[src^=blob]")
+        page.wait_for_function("() => document.getElementById('label-input').value.length === 4")  # the model's guess
+        _label_all(page, texts)
+    assert (folder / "labels.csv").read_text().splitlines()[1:] == [f"img{i}.png,{t}" for i, t in enumerate(texts)]
+
+
+def test_a_sample_gone_since_the_list_was_read_is_passed_over(page, tmp_path):
+    folder, texts = image_folder(tmp_path, 3)
+    page.route("**/v1/samples/demo/img1.png", lambda route: route.fulfill(
+        status=404, content_type="application/json", body='{"ok": false, "error": {"code": "unknown_sample", "message": "no such sample"}}'))
+    with label_server(folder) as port:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#label-image[src^=blob]")
+        page.keyboard.type(texts[0])
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('label-progress').textContent.startsWith('2 of 2')")
+        assert "img1.png: unknown_sample" in page.text_content("#label-message")
+        page.keyboard.type(texts[2])
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('label-message').textContent.includes('Every sample')")
+    assert (folder / "labels.csv").read_text().splitlines()[1:] == [f"img0.png,{texts[0]}", f"img2.png,{texts[2]}"]

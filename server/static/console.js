@@ -291,8 +291,16 @@ async function showSample() {
     $("label-message").textContent = items.length ? "Every sample is labelled or skipped." : "No unlabelled samples.";
     return;
   }
-  for (const ahead of items.slice(index + 1, index + 4)) prepare(ahead);
-  const shown = await prepare(items[index]);
+  for (const ahead of items.slice(index + 1, index + 4)) prepare(ahead).catch(() => {});
+  let shown;
+  try {
+    shown = await prepare(items[index]);
+  } catch (error) { // e.g. dropped from the folder since the list was read: go on with the next
+    $("label-message").textContent = `${items[index].name}: ${error.code || ""} ${error.message}`;
+    items.splice(index, 1);
+    if (label.index === index) showSample();
+    return;
+  }
   if (label.index !== index) return; // moved on meanwhile
   $("label-image").src = shown.url;
   $("label-input").value = label.saved[items[index].name] ?? shown.guess;
