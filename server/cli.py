@@ -130,6 +130,32 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    import uvicorn
+
+    from capserve.server.app import create_app
+
+    from capserve.core.spec import SITE_PATTERN
+
+    if not SITE_PATTERN.fullmatch(args.site):
+        print(f"capserve: --site {args.site!r} is not a site name (lowercase letters, digits, - and _)", file=sys.stderr)
+        return 2
+    folder = args.folder.resolve()
+    if not folder.is_dir():
+        print(f"capserve: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    registry = _load_registry(args)
+    app = create_app(registry, access=None, watch=False, label=(args.site, folder))
+    url = f"http://{args.host}:{args.port}/#label/{args.site}"
+    print(f"labelling {folder} at {url}  (Ctrl+C to stop)", flush=True)
+    if args.open:
+        webbrowser.open(url)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from capserve.core.spec import json_schema
 
@@ -181,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     settings_parser = sub.add_parser("settings", help="print every CAPSERVE_* setting as this environment sets it")
     settings_parser.add_argument("--markdown", action="store_true", help="the settings table of docs/operating.md")
     settings_parser.set_defaults(func=cmd_settings)
+
+    label = sub.add_parser("label", help="label a folder of images in the browser (labels.csv, for train --data)")
+    _registry_args(label)
+    label.add_argument("folder", type=Path, metavar="DIR", help="the folder of images; labels go into DIR/labels.csv")
+    label.add_argument("--site", default="folder",
+                       help="the site whose model pre-fills each guess and whose train command is shown")
+    label.add_argument("--host", default="127.0.0.1")
+    label.add_argument("--port", type=int, default=8001)
+    label.add_argument("--no-open", dest="open", action="store_false", help="do not open a browser")
+    label.set_defaults(func=cmd_label)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of model.yaml (for editors)")
     schema.set_defaults(func=cmd_schema)
