@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from capserve.core.images import DEFAULT_FORMATS, ImageLimits
 
 PREFIX = "CAPSERVE_"
-SECRETS = ("api_keys", "hmac_secret")  # never printed
+SECRETS = ("api_keys", "hmac_secret", "protocol_secret")  # never printed
 
 
 class SettingsError(ValueError):
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     public_status: bool = _setting(False, "`1`: `/v1/*` and `/metrics` stay open when keys are on")
     hmac_secret: str | None = _setting(None, "require signed requests", "off")
     hmac_window: float = _setting(300, "seconds a signature's timestamp may be off", gt=0)
+    default_site: str | None = _setting(
+        None, "the site the 2captcha and createTask routes use when neither the request nor its key names one; "
+        "`--default-site` sets it ([clients.md](clients.md))", "none")
+    protocol_secret: str | None = _setting(
+        None, "signs the captcha ids of the 2captcha and createTask routes; set the same one on every machine "
+        "behind a load balancer", "random, shared by the workers of one `capserve serve`")
     load_plugins: bool = _setting(True, "`0`: load built-in plugins only ([plugins.md](plugins.md))")
     trace_plugins: bool = _setting(False, "`1`: print every plugin hook call to stderr")
     reuse_port: bool = _setting(

@@ -8,7 +8,6 @@ registry, the settings, the access rules and the metrics.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from typing import Any
@@ -19,8 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFailed, UnknownSite
-from capserve.core.model import Model
+from capserve.core.errors import CapserveError, RecognitionFailed, UnknownSite
 from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
 from capserve.server.access import Access
@@ -30,25 +28,8 @@ from capserve.server.openapi import openapi_schema
 from capserve.server.parsing import image_bytes, read_body, wants_details
 from capserve.server.responses import FastJSONResponse, error_response
 from capserve.server.settings import Settings, current
-
-LAZY_WAIT_SECONDS = 30.0
-"""How long a request waits for its site's model to load in lazy mode before answering 503."""
-
-
-async def serving_model(registry: Registry, site: str) -> Model:
-    """The model for ``site``; in lazy mode a first request waits for the load, which runs in
-    a thread, so the event loop goes on answering every other request meanwhile."""
-    try:
-        return registry.get(site)
-    except ModelUnavailable:
-        future = registry.loading(site)
-        if future is None:
-            raise
-    try:
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), LAZY_WAIT_SECONDS)
-    except asyncio.TimeoutError:
-        raise ModelUnavailable(f"the model for site {site!r} is still loading; try again shortly") from None
-    return registry.get(site)
+from capserve.server.solving import secret_of, serving_model
+from capserve.server import createtask, twocaptcha
 
 
 async def recognize(request: Request) -> Response:
@@ -154,6 +135,9 @@ ROUTES = [
     Route("/metrics", prometheus),
     Route("/openapi.json", openapi),
 ]
+PROTOCOL_ROUTES = [*twocaptcha.ROUTES, *createtask.ROUTES]
+"""The 2captcha and createTask protocols (docs/clients.md): defined by those services and
+answered in their own forms, so kept out of the OpenAPI document."""
 
 
 def create_app(
@@ -178,11 +162,12 @@ def create_app(
         registry.close()
         app.state.metrics.close()
 
-    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=ROUTES + PROTOCOL_ROUTES, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.access = access if access is not None else Access.from_settings(settings)
     app.state.metrics = Metrics(registry)
+    app.state.protocol_secret = secret_of(settings)
     return app
 
 

@@ -15,6 +15,7 @@ import re
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.datastructures import FormData
 from starlette.requests import Request
 
 from capserve.server.errors import BadBase64, BadJSON, BadRequest, MissingImage, PayloadTooLarge, UnsupportedMediaType
@@ -89,14 +90,19 @@ def _from_json(body: bytes, max_bytes: int) -> bytes:
     raise MissingImage('the JSON body has no "image" field')
 
 
-async def _from_form(request: Request, body: bytes, max_bytes: int) -> bytes:
+async def read_form(request: Request, body: bytes, max_fields: int = 16) -> FormData:
+    """The multipart or URL-encoded form in ``body`` (already read); close it when done."""
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+        return await Request(request.scope, replay).form(max_files=4, max_fields=max_fields)
     except (MultiPartException, HTTPException) as exc:
         raise BadRequest(f"the form cannot be parsed: {getattr(exc, 'message', None) or exc.detail}", code="bad_form") from None
+
+
+async def _from_form(request: Request, body: bytes, max_bytes: int) -> bytes:
+    form = await read_form(request, body)
     try:
         for field in IMAGE_FIELDS:
             value = form.get(field)
