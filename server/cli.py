@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -43,13 +44,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CAPSERVE_REGISTRY"] = os.pathsep.join(str(p.resolve()) for p in args.registry)
     if args.lazy:
         os.environ["CAPSERVE_LAZY"] = "1"
+    if args.default_site:
+        os.environ["CAPSERVE_DEFAULT_SITE"] = args.default_site
+    # One protocol secret for every worker, so that any of them resolves another's captcha ids.
+    if not os.environ.get("CAPSERVE_PROTOCOL_SECRET"):
+        os.environ["CAPSERVE_PROTOCOL_SECRET"] = secrets.token_hex(32)
     problem = _settings_problem()
     if problem is not None:
         print(f"capserve: cannot start: {problem}", file=sys.stderr)
         return 3  # uvicorn's exit code for a server that failed to start
     options = dict(
         factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-        access_log=args.access_log, http=HTTP_PROTOCOL,
+        access_log=args.access_log, http=HTTP_PROTOCOL, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
     )
     with workers.shared_state(args.workers):
         # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
@@ -157,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--lazy", action="store_true", help="load each model on its site's first request")
+    serve.add_argument("--default-site", metavar="SITE",
+                       help="the site the 2captcha and createTask routes use when a request and its key name none")
+    serve.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    serve.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="recognize image files with a registered site's model")
