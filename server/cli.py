@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.default_site:
         os.environ["CAPSERVE_DEFAULT_SITE"] = args.default_site
     # One protocol secret for every worker, so that any of them resolves another's captcha ids.
-    if not os.environ.get("CAPSERVE_PROTOCOL_SECRET"):
+    if not settings.current().protocol_secret:
         os.environ["CAPSERVE_PROTOCOL_SECRET"] = secrets.token_hex(32)
     problem = _settings_problem()
     if problem is not None:

@@ -27,7 +27,10 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         self._adopted = adopted
         self._counted = False
         self._handed_off = False
-        self._balancer = balance.join(self._factory(adopted=True), self.loop)
+        # Under TLS the loop accepts every connection itself: a connection accepted outside it would
+        # start without TLS, and one is seen here only after its handshake, too late to hand over.
+        self._tls = config.is_ssl
+        self._balancer = None if self._tls else balance.join(self._factory(adopted=True), self.loop)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
@@ -36,7 +39,7 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            if not self._adopted:
+            if not self._adopted and not self._tls:
                 for queued in accept.pending(sock):
                     accept.start(self.loop, self._factory(adopted=False), queued)
             if self._balancer is not None:
