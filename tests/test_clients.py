@@ -4,11 +4,16 @@ serve`` over TLS (a test CA from trustme) with API keys on: only the host differ
 from __future__ import annotations
 
 import base64
+import os
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from capserve.model_registry.registry import Registry
-from tests.conftest import DEMO_EXAMPLE
+from tests.conftest import DEMO_EXAMPLE, REPO
 from tests.servers import start_server
 
 ApiException = pytest.importorskip("twocaptcha.api").ApiException  # what its API calls raise
@@ -128,3 +133,42 @@ def test_200_submit_then_poll_pairs_over_two_workers(server):
     solver = twocaptcha.TwoCaptcha("key-plain", server=host(server), pollingInterval=1)
     answers = [solver.normal(B64)["code"] for _ in range(200)]
     assert answers == ["7kp3"] * 200
+
+
+CLIENTS_DOC = (REPO / "docs" / "clients.md").read_text()
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", CLIENTS_DOC, re.S)
+
+
+def as_here(text: str, base: str) -> str:
+    return text.replace("capserve.lan:8443", host(base)).replace("my-key", "key-plain").replace(
+        "captcha.png", str(DEMO_EXAMPLE))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None, reason="needs openssl and curl")
+def test_the_docs_certificate_commands_and_snippets_work(tmp_path, tls):
+    """docs/clients.md: its openssl commands make a certificate the clients trust, and each
+    Python snippet and the curl pair answer the demo example's text."""
+    make_certificates = next(block for block in doc_blocks("sh") if "openssl req -x509" in block)
+    subprocess.run(["bash", "-euc", make_certificates], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    ca = str(tmp_path / "ca.pem")
+    env = {**os.environ, "REQUESTS_CA_BUNDLE": ca}
+    with start_server(None, "--default-site", "demo", "--ssl-certfile", str(tmp_path / "server.pem"),
+                      "--ssl-keyfile", str(tmp_path / "server.key"), env={"CAPSERVE_API_KEYS_FILE": str(tls[1])},
+                      verify=ca) as base:
+        snippets = doc_blocks("python")
+        assert len(snippets) == 3
+        for snippet in snippets:
+            run = subprocess.run([sys.executable, "-c", as_here(snippet, base)], env=env, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.split() and set(run.stdout.split()) == {"7kp3"}, snippet
+        submit, poll = [line for block in doc_blocks("sh") for line in block.splitlines() if line.startswith("curl")]
+        submitted = subprocess.run(["bash", "-c", as_here(submit, base)], cwd=tmp_path, capture_output=True,
+                                   text=True, timeout=60, check=True).stdout
+        assert submitted.startswith("OK|")
+        polled = subprocess.run(["bash", "-c", as_here(poll, base).replace("<id>", submitted[3:])], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+        assert polled == "OK|7kp3"
