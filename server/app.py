@@ -137,7 +137,8 @@ ROUTES = [
 ]
 PROTOCOL_ROUTES = [*twocaptcha.ROUTES, *createtask.ROUTES]
 """The 2captcha and createTask protocols (docs/clients.md): defined by those services and
-answered in their own forms, so kept out of the OpenAPI document."""
+answered in their own forms, so kept out of the OpenAPI document. The app matches them right
+after /recognize: routes are tried in order, and each miss costs a regex match per request."""
 
 
 def create_app(
@@ -162,7 +163,7 @@ def create_app(
         registry.close()
         app.state.metrics.close()
 
-    app = Starlette(routes=ROUTES + PROTOCOL_ROUTES, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=[ROUTES[0], *PROTOCOL_ROUTES, *ROUTES[1:]], exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.access = access if access is not None else Access.from_settings(settings)

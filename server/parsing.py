@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -58,6 +59,33 @@ def decode_base64(value: str | bytes, max_bytes: int) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadBase64("the image is not valid base64") from None
+
+
+_BASE64_ESCAPES = ((b"%2B", b"+"), (b"%2F", b"/"), (b"%3D", b"="))
+
+
+def _unquote_form(raw: bytes) -> str:
+    """One URL-encoded form value. The escapes of base64's ``+``, ``/`` and ``=``, as clients
+    write them, are replaced in C first: ``unquote`` takes 3-4 times as long over a base64 image."""
+    value = raw.replace(b"+", b" ")
+    if b"%" in value:
+        for escaped, plain in _BASE64_ESCAPES:
+            value = value.replace(escaped, plain)
+        if b"%" in value:
+            value = unquote_to_bytes(value)
+    return value.decode("utf-8", "replace")
+
+
+def parse_urlencoded(body: bytes, max_fields: int = 64) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body as a dict (the last of repeated names wins)."""
+    parts = [part for part in body.split(b"&") if part]
+    if len(parts) > max_fields:
+        raise BadRequest(f"the form has more than {max_fields} fields", code="bad_form")
+    fields = {}
+    for part in parts:
+        name, _, value = part.partition(b"=")
+        fields[_unquote_form(name)] = _unquote_form(value)
+    return fields
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

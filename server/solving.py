@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import hmac
 import logging
 import re
@@ -152,12 +151,11 @@ async def solve(registry, site: str, image: bytes, hints: Hints) -> str:
 
 def _tag(secret: bytes, key: ApiKey | None, plain: bytes) -> bytes:
     owner = key.sha256 if key is not None else b""
-    return hmac.new(secret, b"capserve-id\0" + owner + plain, hashlib.sha256).digest()[:TAG_BYTES]
+    return hmac.digest(secret, b"capserve-id\0" + owner + plain, "sha256")[:TAG_BYTES]
 
 
 def _stream(secret: bytes, tag: bytes, size: int) -> bytes:
-    blocks = (hmac.new(secret, b"capserve-stream\0" + tag + bytes([i]), hashlib.sha256).digest()
-              for i in range(-(-size // 32)))
+    blocks = (hmac.digest(secret, b"capserve-stream\0" + tag + bytes([i]), "sha256") for i in range(-(-size // 32)))
     return b"".join(blocks)[:size]
 
 

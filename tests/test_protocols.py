@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from capserve.core.errors import UnknownSite
@@ -16,6 +19,8 @@ from capserve.core.images import ImageLimits
 from capserve.model_registry.registry import Registry
 from capserve.server.access import Access, ApiKey, digest, load_keys
 from capserve.server.app import create_app
+from capserve.server.errors import BadRequest
+from capserve.server.parsing import parse_urlencoded
 from capserve.server.settings import Settings
 from capserve.server.solving import RESULT_TTL, Hints, Unsolvable, WrongId, issue_id, resolve_id, solve
 from tests.conftest import DEMO_EXAMPLE, png_bytes
@@ -282,3 +287,14 @@ def test_unexpected_errors_are_logged_not_shown(caplog):
     assert created.json()["errorCode"] == "ERROR_CAPTCHA_UNSOLVABLE"
     assert "5f3a" not in r.text + created.text
     assert "internal detail 5f3a" in caplog.text
+
+
+@given(st.dictionaries(st.text(min_size=1), st.text(), max_size=8))
+def test_urlencoded_forms_parse_as_the_standard_library_does(fields):
+    body = urlencode(fields).encode()
+    assert parse_urlencoded(body) == dict(parse_qsl(body.decode(), keep_blank_values=True))
+
+
+def test_urlencoded_forms_have_a_field_limit():
+    with pytest.raises(BadRequest):
+        parse_urlencoded(b"&".join(b"a%d=1" % i for i in range(65)))
