@@ -3,7 +3,7 @@
 Each route gets the demo example (docs/examples/demo-7kp3.png) as its clients send it:
 ``/recognize/demo`` a JSON body ``{"image": <base64>}``, ``/in.php`` a URL-encoded form with
 ``method=base64`` (2captcha-python's way for a base64 string) or a multipart file (its way for a
-file path; set against ``/recognize`` with a multipart file), ``/createTask`` a JSON task, and the polls
+file path), each also set against ``/recognize`` with the same encoding, ``/createTask`` a JSON task, and the polls
 ``/res.php`` and ``/getTaskResult`` with an id from a submit. API keys are on (one key). Each
 request is one ASGI call of the app (no sockets, no HTTP parsing: what remains is the route's
 own work). A round times ``-n`` calls of every route, the routes in a new random order each
@@ -87,6 +87,8 @@ def requests(app) -> dict[str, tuple[dict, bytes]]:
     with_key = [(b"x-api-key", KEY.encode())]
     made = {
         "/recognize/demo (JSON)": post("/recognize/demo", "application/json", orjson.dumps({"image": B64}), with_key),
+        "/recognize/demo (form, base64)": post(
+            "/recognize/demo", "application/x-www-form-urlencoded", urlencode({"image": B64}).encode(), with_key),
         "/recognize/demo (multipart file)": post(
             "/recognize/demo", f"multipart/form-data; boundary={boundary}", multipart({}, "image"), with_key),
         "/in.php (form, base64)": post("/in.php", "application/x-www-form-urlencoded", form),
