@@ -46,13 +46,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CAPSERVE_LAZY"] = "1"
     if args.default_site:
         os.environ["CAPSERVE_DEFAULT_SITE"] = args.default_site
-    # One protocol secret for every worker, so that any of them resolves another's captcha ids.
-    if not settings.current().protocol_secret:
-        os.environ["CAPSERVE_PROTOCOL_SECRET"] = secrets.token_hex(32)
     problem = _settings_problem()
     if problem is not None:
         print(f"capserve: cannot start: {problem}", file=sys.stderr)
         return 3  # uvicorn's exit code for a server that failed to start
+    # One protocol secret for every worker, so that any of them resolves another's captcha ids.
+    if not settings.current().protocol_secret:
+        os.environ["CAPSERVE_PROTOCOL_SECRET"] = secrets.token_hex(32)
     options = dict(
         factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         access_log=args.access_log, http=HTTP_PROTOCOL, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
