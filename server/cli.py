@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import secrets
+import ssl
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CAPSERVE_LAZY"] = "1"
     if args.default_site:
         os.environ["CAPSERVE_DEFAULT_SITE"] = args.default_site
-    problem = _settings_problem()
+    problem = _settings_problem() or _tls_problem(args.ssl_certfile, args.ssl_keyfile)
     if problem is not None:
         print(f"capserve: cannot start: {problem}", file=sys.stderr)
         return 3  # uvicorn's exit code for a server that failed to start
@@ -74,6 +75,19 @@ def _settings_problem() -> str | None:
         Access.from_settings(settings.current())  # an unreadable or invalid keys file is a ValueError naming it
     except (OSError, ValueError) as exc:
         return str(exc)
+    return None
+
+
+def _tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
+    """Why the certificate and key cannot serve TLS, found before any worker starts."""
+    if not certfile and not keyfile:
+        return None
+    if not (certfile and keyfile):
+        return "--ssl-certfile and --ssl-keyfile go together"
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot serve TLS with {certfile} and {keyfile}: {exc.strerror or exc}"
     return None
 
 

@@ -172,3 +172,17 @@ def test_the_docs_certificate_commands_and_snippets_work(tmp_path, tls):
         polled = subprocess.run(["bash", "-c", as_here(poll, base).replace("<id>", submitted[3:])], cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60, check=True).stdout
         assert polled == "OK|7kp3"
+
+
+@pytest.mark.parametrize("files", [("nope.pem", "nope.pem"), ("cert", None), ("cert", "cert")],
+                         ids=["missing", "no-key", "not-a-key"])
+def test_a_certificate_that_cannot_serve_stops_the_server_at_once(tls, files):
+    paths, _ = tls
+    argv = []
+    for flag, name in zip(("--ssl-certfile", "--ssl-keyfile"), files):
+        if name is not None:
+            argv += [flag, str(paths.get(name, name))]
+    run = subprocess.run([sys.executable, "-m", "capserve.server.cli", "serve", "--port", "0", *argv],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3
+    assert run.stderr.startswith("capserve: cannot start: ") and "Traceback" not in run.stderr
