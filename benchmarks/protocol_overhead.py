@@ -91,6 +91,9 @@ def requests(app) -> dict[str, tuple[dict, bytes]]:
             "/recognize/demo", "application/x-www-form-urlencoded", urlencode({"image": B64}).encode(), with_key),
         "/recognize/demo (multipart file)": post(
             "/recognize/demo", f"multipart/form-data; boundary={boundary}", multipart({}, "image"), with_key),
+        "/recognize/demo (multipart, in.php's parts)": post(  # the text parts are ignored there
+            "/recognize/demo", f"multipart/form-data; boundary={boundary}",
+            multipart({"key": KEY, "method": "post", "site": "demo"}, "image"), with_key),
         "/in.php (form, base64)": post("/in.php", "application/x-www-form-urlencoded", form),
         "/in.php (multipart file)": post("/in.php", f"multipart/form-data; boundary={boundary}",
                                          multipart({"key": KEY, "method": "post", "site": "demo"}, "file")),
