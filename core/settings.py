@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from capserve.core.images import DEFAULT_FORMATS, ImageLimits
 
 PREFIX = "CAPSERVE_"
-SECRETS = ("api_keys", "hmac_secret")  # never printed
+SECRETS = ("api_keys", "hmac_secret", "protocol_secret")  # never printed
 
 
 class SettingsError(ValueError):
@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         "([console.md](console.md))", "off")
     samples_max_count: int = _setting(10_000, "most samples kept per site; the oldest go first", ge=1)
     samples_max_bytes: int = _setting(200 * 1024 * 1024, "most bytes of images kept per site; the oldest go first", ge=1)
+    default_site: str | None = _setting(
+        None, "the site the 2captcha and createTask routes use when neither the request nor its key names one; "
+        "`--default-site` sets it ([clients.md](clients.md))", "none")
+    protocol_secret: str | None = _setting(
+        None, "signs the captcha ids of the 2captcha and createTask routes; set the same one on every machine "
+        "behind a load balancer", "random, shared by the workers of one `capserve serve`")
     load_plugins: bool = _setting(True, "`0`: load built-in plugins only ([plugins.md](plugins.md))")
     trace_plugins: bool = _setting(False, "`1`: print every plugin hook call to stderr")
     scf_refresh_interval: float = _setting(

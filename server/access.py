@@ -9,6 +9,8 @@ Keys come from ``CAPSERVE_API_KEYS`` (comma-separated keys, valid for every site
         sha256: 9f86d0...             # the key's SHA-256 (or `key: <the key>`)
         sites: [demo]                 # optional: only these sites
         rate: 20                      # optional: requests per second (burst: 2x)
+        default_site: demo            # optional: the site the 2captcha / createTask routes use
+                                      # when a request names none (docs/clients.md)
 
 A client sends ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Keys are kept only
 as SHA-256 digests and compared in constant time; they are never logged.
@@ -69,6 +71,7 @@ class ApiKey:
     sha256: bytes
     sites: frozenset[str] | None = None
     rate: float | None = None
+    default_site: str | None = None
 
 
 class TokenBucket:
@@ -137,7 +140,11 @@ def _keys_from_file(path: Path) -> list[ApiKey]:
         rate = item.get("rate")
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
             raise ValueError(f"{where}: rate must be a positive number of requests per second")
-        keys.append(ApiKey(str(item.get("name", f"key-{i + 1}")), value, frozenset(sites) if sites else None, rate))
+        default_site = item.get("default_site")
+        if default_site is not None and not isinstance(default_site, str):
+            raise ValueError(f"{where}: default_site must be a site name")
+        keys.append(ApiKey(str(item.get("name", f"key-{i + 1}")), value, frozenset(sites) if sites else None, rate,
+                           default_site))
     return keys
 
 
@@ -188,6 +195,13 @@ class Access:
             presented = authorization[7:].strip()
         if not presented:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+        return self.check_presented(presented, site)
+
+    def check_presented(self, presented: str, site: str | None) -> ApiKey | None:
+        """The key ``presented`` however it came (a header, a client protocol's field): the
+        same checks as ``check_key``, for a non-empty key."""
+        if not self.keys:
+            return None
         wanted = digest(presented)
         found = None
         for key in self.keys:  # every key is compared, so timing does not tell which one matched

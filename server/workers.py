@@ -65,7 +65,7 @@ def address_problem(host: str, port: int) -> str | None:
 
 def run(
     factory: str, *, host: str, port: int, workers: int, limits: Limits = Limits(), log_level: str = "info",
-    access_log: bool = False,
+    access_log: bool = False, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
 ) -> int:
     """Serve the ASGI app built by ``factory`` ("module:function") until a signal stops it;
     returns the exit code: 0, or ``STARTUP_FAILURE``."""
@@ -86,6 +86,7 @@ def run(
             header_read_timeout=max(1, round(limits.header_timeout * 1000)), max_buffer_size=limits.max_header_bytes,
         ),
         respawn_failed_workers=True, log_level=log_level, log_access=access_log,
+        ssl_cert=Path(ssl_certfile) if ssl_certfile else None, ssl_key=Path(ssl_keyfile) if ssl_keyfile else None,
     )
     # Forked workers start in a fraction of the time of spawned ones and share the pages of what
     # this process imported. prometheus_client picks its single- or multi-process mode when it is
