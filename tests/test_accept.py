@@ -82,8 +82,11 @@ def test_a_connection_that_fails_to_start_is_closed_and_reported(listener, new_l
             await asyncio.sleep(0)
 
     try:
-        with asyncio.Runner(loop_factory=new_loop) as runner:
-            runner.run(main())
+        loop = new_loop()  # asyncio.Runner(loop_factory=...) is 3.11+
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
         assert conn.fileno() == -1 and reported == [True]
     finally:
         client.close()

@@ -326,7 +326,10 @@ def test_web_bootstrap_answers_over_loopback(tmp_path_factory, target):
 
 
 def test_requirements_match_pyproject():
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     doc = tomllib.loads((REPO / "pyproject.toml").read_text())
     wanted = [r for r in doc["project"]["dependencies"] if not r.startswith(package.LEFT_OUT_REQUIREMENTS)]
