@@ -1,11 +1,12 @@
 """``capserve scf package``: the deploy zip works on its own, in event and in web mode.
 
-The tests marked ``SLOW`` build real packages for THIS machine's Python (so they can run
-here) with SCF's platform constraint (manylinux2014 / glibc 2.17 wheels), which takes
-~10-30 s each: pip installs the serving dependencies from a wheelhouse (downloaded once from
-PyPI into ``~/.cache/capserve/wheels`` or ``$CAPSERVE_WHEELHOUSE``, reused offline after)
-and compiles bytecode. They are skipped when the wheels can be neither found nor downloaded,
-and with ``CAPSERVE_SKIP_SLOW=1``.
+The tests marked ``SLOW`` build real packages with SCF's platform constraint (manylinux_2_17
+wheels), which takes ~10-30 s each: uv installs the serving dependencies (downloaded once from
+PyPI into uv's cache, reused after), the builder compiles bytecode and tries the package. Most
+build for THIS machine's Python, so that they can run here; one builds for Python 3.10, the SCF
+runtime, from this host, and runs it under a 3.10 interpreter (skipped when there is none:
+``.ci/run`` fails then). They are skipped when PyPI cannot be reached and the wheels are not
+cached, and with ``CAPSERVE_SKIP_SLOW=1``.
 
 The site packaged is the bundled ``demo`` entry when it exists, or the ``demo`` site of
 ``$CAPSERVE_DEMO_REGISTRY`` (then the answers must be the true captcha texts), else a tiny untrained entry (then the answers must equal the in-process
@@ -40,11 +41,13 @@ DEMO_CHARSET = "23456789abcdefghjkmpqrstuvwxy"
 DEMO_EXAMPLE = REPO / "docs" / "examples" / "demo-7kp3.png"
 SLOW = pytest.mark.skipif(
     os.environ.get("CAPSERVE_SKIP_SLOW", "") not in ("", "0"),
-    reason="slow: builds a real deploy package (pip install of manylinux wheels from a cached wheelhouse, "
-    "bytecode compilation, a fresh interpreter); CAPSERVE_SKIP_SLOW is set",
+    reason="slow: builds a real deploy package (uv install of manylinux wheels, bytecode compilation, "
+    "a fresh interpreter); CAPSERVE_SKIP_SLOW is set",
 )
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 BASE_PYTHON = getattr(sys, "_base_executable", None) or sys.executable
+EVENTS = Path(__file__).parent / "events"
+OFFLINE_SIGNS = ("Failed to fetch", "error sending request", "dns error", "Network is unreachable")
 
 # Run inside the isolated interpreter: sys.path is the package folder plus the standard library.
 RUNNER = r'''
@@ -58,7 +61,7 @@ answers = [main_handler(event, None) for event in json.load(sys.stdin)]
 done = time.perf_counter()
 modules = {name: getattr(sys.modules.get(name), "__file__", None)
            for name in ("numpy", "starlette", "ai_edge_litert", "PIL", "capserve.server", "capserve.core", "yaml")}
-print(json.dumps({"answers": answers, "sys_path": sys.path, "modules": modules,
+print(json.dumps({"answers": answers, "sys_path": sys.path, "modules": modules, "version": list(sys.version_info[:2]),
                   "tensorflow": importlib.util.find_spec("tensorflow") is not None,
                   "import_s": imported - started, "answers_s": done - imported}))
 '''
@@ -103,11 +106,29 @@ def target(tmp_path_factory, tiny_model_bytes):
 def build_cli(out: Path, site: str, registry_args: list[str], *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "capserve.server.cli", "scf", "package", "--out", str(out), "--site", site,
                "--python", HOST_PYTHON, *registry_args, *extra]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0 and ("pip download failed" in done.stderr or "lacks wheels" in done.stderr):
-        pytest.skip(f"the serving wheels can be neither found nor downloaded:\n{done.stderr[-2000:]}")
+    return checked(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900))
+
+
+def checked(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    if done.returncode != 0 and any(sign in done.stderr for sign in OFFLINE_SIGNS):
+        pytest.skip(f"the serving wheels are not cached and PyPI cannot be reached:\n{done.stderr[-2000:]}")
     assert done.returncode == 0, done.stderr
     return done
+
+
+def run_isolated(python: str, folder: Path, events: list[dict], tmp_path: Path) -> dict:
+    """``main_handler`` of the unzipped package in ``python -I -S``: the package and the stdlib only."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    done = subprocess.run([python, "-I", "-S", "-c", RUNNER, str(folder)], input=json.dumps(events),
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["sys_path"][0] == str(folder)
+    assert all(not p or "site-packages" not in p and "dist-packages" not in p for p in report["sys_path"])
+    for name, path in report["modules"].items():
+        assert path and path.startswith(str(folder)), (name, path)
+    assert report["tensorflow"] is False
+    return report
 
 
 def in_process_answers(site: str, registry_args: list[str], images) -> list[dict]:
@@ -157,6 +178,7 @@ def test_package_contents(event_package, target):
     out, done = event_package
     site = target[0]
     assert "unzipped size:" in done.stderr and str(out) in done.stdout
+    assert f"checked: under {sys.executable} -I -S the package read a {site!r} captcha" in done.stderr
     with zipfile.ZipFile(out) as archive:
         names = archive.namelist()
         unzipped = sum(info.file_size for info in archive.infolist())
@@ -183,16 +205,7 @@ def test_isolated_process_reads_the_captchas(event_package, target, tmp_path):
     folder = tmp_path / "unzipped"
     with zipfile.ZipFile(out) as archive:
         archive.extractall(folder)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    done = subprocess.run([BASE_PYTHON, "-I", "-S", "-c", RUNNER, str(folder)], input=json.dumps(events_for(site, images)),
-                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["sys_path"][0] == str(folder)
-    assert all(not p or "site-packages" not in p and "dist-packages" not in p for p in report["sys_path"])
-    for name, path in report["modules"].items():
-        assert path and path.startswith(str(folder)), (name, path)
-    assert report["tensorflow"] is False
+    report = run_isolated(BASE_PYTHON, folder, events_for(site, images), tmp_path)
 
     answers = []
     for answer in report["answers"]:
@@ -337,10 +350,55 @@ def test_requirements_match_pyproject():
     assert len(wanted) == len(doc["project"]["dependencies"]) - len(package.LEFT_OUT_REQUIREMENTS)
 
 
-def test_platform_tags_for_scf_glibc():
-    tags = package.platforms("2.17")
-    assert "manylinux2014_x86_64" in tags and "manylinux_2_17_x86_64" in tags and "manylinux1_x86_64" in tags
-    assert not any(t.startswith("manylinux_2_27") for t in tags)
+def test_uv_platform_for_scf_glibc():
+    assert package.python_platform("2.17") == "x86_64-manylinux_2_17"
+    assert package.python_platform("2.28") == "x86_64-manylinux_2_28"
+    for bad in ("2", "2.17.1", "two.17", ""):
+        with pytest.raises(package.PackageError, match="--glibc"):
+            package.python_platform(bad)
+
+
+def test_without_uv_the_builder_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uv", None)  # import uv fails
+    monkeypatch.setattr(package.shutil, "which", lambda name: None)
+    with pytest.raises(package.PackageError, match=r"capserve\[scf\]"):
+        package.uv_binary()
+
+
+def _fake_python(folder: Path, script: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "python3.10"
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_find_python_skips_a_broken_shim_and_takes_the_next(tmp_path, monkeypatch, capsys):
+    if HOST_PYTHON == "3.10":
+        pytest.skip("this interpreter is a 3.10: it is taken first")
+    broken = _fake_python(tmp_path / "shims", 'echo "pyenv: python3.10: command not found" >&2; exit 127')
+    other = _fake_python(tmp_path / "other", "echo 3.9")
+    working = _fake_python(tmp_path / "bin", "echo 3.10")
+    monkeypatch.setenv("PATH", os.pathsep.join(str(p.parent) for p in (broken, other, working)))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    assert package.find_python("3.10") == str(working)
+    err = capsys.readouterr().err
+    assert f"skipping {broken}: it does not run (exit 127: pyenv: python3.10: command not found)" in err
+    assert f"skipping {other}: it is Python 3.9" in err
+    with pytest.raises(package.PackageError, match="does not run"):
+        package.find_python("3.10", str(broken))
+
+
+def test_find_python_looks_in_pyenv_versions(tmp_path, monkeypatch):
+    if HOST_PYTHON == "3.10":
+        pytest.skip("this interpreter is a 3.10: it is taken first")
+    _fake_python(tmp_path / "shims", "exit 127")
+    installed = _fake_python(tmp_path / "pyenv" / "versions" / "3.10.13" / "bin", "echo 3.10")
+    monkeypatch.setenv("PATH", str(tmp_path / "shims"))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    assert package.find_python("3.10") == str(installed)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "nowhere"))
+    assert package.find_python("3.10") is None
 
 
 def test_forbidden_packages_are_refused(tmp_path):
@@ -371,7 +429,8 @@ def test_serverless_yml(tmp_path, trigger, mode):
 def _quick_build(tmp_path, registry_dir, monkeypatch, size: int, **kwargs):
     monkeypatch.setattr(package, "install_dependencies", lambda stage, options: [])
     monkeypatch.setattr(package, "tree_size", lambda folder: size)
-    options = package.Options(out=tmp_path / "out" / "capserve.zip", registry=[registry_dir], compile=False, **kwargs)
+    options = package.Options(out=tmp_path / "out" / "capserve.zip", registry=[registry_dir], compile=False,
+                              check=False, **kwargs)
     return package.build(options)
 
 
@@ -395,3 +454,64 @@ def test_unknown_site_and_unsupported_python_are_refused(tmp_path, registry_dir,
         _quick_build(tmp_path, registry_dir, monkeypatch, 1, sites=["nope"])
     with pytest.raises(package.PackageError, match="3.10"):
         _quick_build(tmp_path, registry_dir, monkeypatch, 1, python="3.9")
+
+
+# -- the SCF runtime's package, built from this host ---------------------------------------------
+
+
+def tencent_events(site: str, image: bytes) -> list[dict]:
+    """From the platforms' sample events (tests/events/README.md): API Gateway GET ?base64Image=,
+    function URL POST JSON with and without a content type, an unknown site, bad base64."""
+    encoded = base64.b64encode(image).decode()
+
+    def gateway(path: str, query: dict) -> dict:
+        event = json.loads((EVENTS / "tencent-apigw.json").read_text())
+        event.update(httpMethod="GET", path=path, queryString=query, queryStringParameters={}, body=None)
+        return event
+
+    url = json.loads((EVENTS / "tencent-function-url.json").read_text())
+    url.update(path=f"/recognize/{site}", body=json.dumps({"image": encoded}))
+    typed = json.loads(json.dumps(url))
+    typed["headers"]["content-type"] = "application/json"
+    return [gateway(f"/recognize/{site}", {"base64Image": encoded}), typed, url,
+            gateway("/recognize/nowhere", {"base64Image": encoded}), gateway(f"/recognize/{site}", {"base64Image": "!!!"})]
+
+
+@SLOW
+def test_package_for_python_310_from_this_host(tmp_path):
+    """The documented command, on this host's Python, with a broken python3.10 shim first on
+    PATH, builds a package that answers under Python 3.10 in isolation."""
+    if demo_registry() != (REPO / "model_registry" / "bundled", []):
+        pytest.skip("needs the bundled demo entry")
+    python310 = package.find_python("3.10")
+    if python310 is None:
+        pytest.skip("no Python 3.10 interpreter here (.ci/run fails in that case)")
+    shim = _fake_python(tmp_path / "shims", 'echo "pyenv: python3.10: command not found" >&2; exit 127')
+    scripts = Path(sys.executable).parent
+    env = {**os.environ, "PATH": os.pathsep.join([str(shim.parent), str(scripts), os.environ.get("PATH", "")])}
+    env.pop("CAPSERVE_REGISTRY", None)
+    done = checked(subprocess.run([str(scripts / "capserve"), "scf", "package", "--out", "pkg.zip", "--site", "demo"],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900))
+    if HOST_PYTHON != "3.10":
+        assert f"skipping {shim}: it does not run" in done.stderr
+    assert f"checked: under {python310} -I -S" in done.stderr
+
+    with zipfile.ZipFile(tmp_path / "pkg.zip") as archive:
+        names = archive.namelist()
+        unzipped = sum(info.file_size for info in archive.infolist())
+        archive.extractall(tmp_path / "pkg-unzipped")
+    assert unzipped <= package.SIZE_GOAL_BYTES
+    assert not {n.split("/")[0].split("-")[0].lower() for n in names} & {"tensorflow", "tensorflow_cpu", "keras"}
+    tags = {line.split(":", 1)[1].strip() for path in (tmp_path / "pkg-unzipped").glob("*.dist-info/WHEEL")
+            for line in path.read_text().splitlines() if line.startswith("Tag:")}
+    assert tags and all(t.startswith(("cp310-", "py3-", "py2.py3-", "py2-")) for t in tags), tags
+    assert all("manylinux" in t or t.endswith("-any") for t in tags), tags
+
+    report = run_isolated(python310, tmp_path / "pkg-unzipped", tencent_events("demo", DEMO_EXAMPLE.read_bytes()),
+                          tmp_path)
+    assert report["version"] == [3, 10]
+    answers = [(a["statusCode"], json.loads(a["body"])) for a in report["answers"]]
+    for status, doc in answers[:3]:  # gateway GET, function URL JSON with and without content type
+        assert (status, doc["text"]) == (200, "7kp3"), doc
+    assert (answers[3][0], answers[3][1]["error"]["code"]) == (404, "unknown_site")
+    assert (answers[4][0], answers[4][1]["error"]["code"]) == (400, "bad_base64")
