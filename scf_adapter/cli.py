@@ -24,7 +24,7 @@ def add_parsers(subparsers) -> None:
     package.add_argument("--python", default="3.10", metavar="X.Y",
                          help="target Python: 3.10 (SCF runtime Python3.10, the default); 3.11+ build for local tests")
     package.add_argument("--trigger", choices=("http", "apigw"), default="http",
-                         help="serverless.yml trigger: http (function URL, default) or apigw (API Gateway)")
+                         help="serverless.yml trigger: http (function URL, default) or apigw (API Gateway, legacy)")
     package.add_argument("--glibc", default="2.17", help="target glibc for manylinux wheels (SCF: CentOS 7.6, 2.17)")
     package.add_argument("--wheelhouse", type=Path, help="a folder of extra wheels for uv (--find-links; default "
                          "$CAPSERVE_WHEELHOUSE)")

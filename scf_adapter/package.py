@@ -405,6 +405,8 @@ def serverless_yml(options: Options, folder_name: str) -> str:
     header = (
         "# Serverless Framework (Tencent `scf` component). Written by `capserve scf package`.\n"
         f"# Deploy: cd {options.out.parent} && sls deploy   (see docs/deploy-scf.md)\n"
+        "# Trigger: a function URL (`http`), for an event function or a web function (--mode web);\n"
+        "# --trigger apigw writes an API Gateway trigger instead (legacy: Tencent is retiring it).\n"
     )
     return header + yaml.safe_dump(doc, sort_keys=False)
 

@@ -300,14 +300,14 @@ def test_web_bootstrap_answers_over_loopback(tmp_path_factory, target):
     script = folder / "scf_bootstrap"
     text = script.read_text()
     assert text.startswith("#!/bin/bash\n") and "\r" not in text and "@PYTHON@" not in text
-    assert "0.0.0.0" in text and "9000" in text
+    assert '"${CAPSERVE_HOST:-0.0.0.0}"' in text and '"${CAPSERVE_PORT:-9000}"' in text  # SCF's defaults
     yml = yaml.safe_load((out.parent / "serverless.yml").read_text())
     assert yml["inputs"]["type"] == "web" and "handler" not in yml["inputs"] and "apigw" in yml["inputs"]["events"][0]
     script.chmod(0o755)  # zipfile does not restore modes
 
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder),
-           "CAPSERVE_PYTHON": BASE_PYTHON, "CAPSERVE_PORT": str(port)}
+           "CAPSERVE_PYTHON": BASE_PYTHON, "CAPSERVE_HOST": "127.0.0.1", "CAPSERVE_PORT": str(port)}
     process = subprocess.Popen([str(script)], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
