@@ -304,7 +304,8 @@ def python_version(python: str) -> tuple[str | None, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, str(exc)
     if done.returncode != 0:
-        return None, f"it does not run (exit {done.returncode}: {done.stderr.strip()[:200]})"
+        first = (done.stderr.strip().splitlines() or [""])[0][:200]
+        return None, f"it does not run (exit {done.returncode}: {first})"
     return done.stdout.strip(), ""
 
 
