@@ -47,6 +47,8 @@ from pathlib import Path
 
 import yaml
 
+from capserve.core import settings
+
 SCF_LIMIT_BYTES = 500 * 1024 * 1024  # SCF: code package at most 500 MB unzipped
 SIZE_GOAL_BYTES = 150 * 1024 * 1024
 SERVING_PACKAGES = ("core", "plugins", "model_registry", "server", "scf_adapter")
@@ -61,6 +63,8 @@ SERVING_REQUIREMENTS = (
     "python-multipart>=0.0.9",
     "prometheus-client>=0.20",
     "orjson>=3.9",
+    "pydantic>=2.7",
+    "pydantic-settings>=2.7",
 )
 # Dependencies of capserve that the package leaves out: uvicorn's speed-ups under sustained load
 # on a long-lived server. An event function never runs uvicorn, and the web bootstrap's uvicorn
@@ -94,7 +98,7 @@ class Options:
     python: str = "3.10"
     trigger: str = "http"  # http (function URL) | apigw
     glibc: str = "2.17"
-    wheelhouse: Path | None = None  # extra wheels (uv --find-links); default $CAPSERVE_WHEELHOUSE
+    wheelhouse: Path | None = dataclasses.field(default_factory=lambda: settings.current().wheelhouse)  # extra wheels
     offline: bool = False
     compile: bool = True
     check: bool = True  # import the package under the target interpreter and read one captcha
@@ -246,9 +250,8 @@ def install_dependencies(stage: Path, options: Options) -> list[str]:
     command = [uv_binary(), "pip", "install", "--target", str(stage), "--python", sys.executable,
                "--python-version", options.python, "--python-platform", python_platform(options.glibc),
                "--only-binary", ":all:", "--quiet"]
-    wheelhouse = options.wheelhouse or os.environ.get("CAPSERVE_WHEELHOUSE")
-    if wheelhouse:
-        command += ["--find-links", str(Path(wheelhouse).expanduser())]
+    if options.wheelhouse:
+        command += ["--find-links", str(Path(options.wheelhouse).expanduser())]
     if options.offline:
         command.append("--offline")
     log(f"resolving the dependencies for Python {options.python}, {python_platform(options.glibc)} (uv)")

@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from tests.conftest import REPO
-from tests.test_serve_process import start_server
+from tests.servers import start_server
 
 README = (REPO / "README.md").read_text()
 

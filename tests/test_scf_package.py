@@ -6,7 +6,7 @@ PyPI into uv's cache, reused after), the builder compiles bytecode and tries the
 build for THIS machine's Python, so that they can run here; one builds for Python 3.10, the SCF
 runtime, from this host, and runs it under a 3.10 interpreter (skipped when there is none:
 ``.ci/run`` fails then). They are skipped when PyPI cannot be reached and the wheels are not
-cached, and with ``CAPSERVE_SKIP_SLOW=1``.
+cached, and are left out of the fast selection (``-m "not slow"``).
 
 The site packaged is the bundled ``demo`` entry when it exists, or the ``demo`` site of
 ``$CAPSERVE_DEMO_REGISTRY`` (then the answers must be the true captcha texts), else a tiny untrained entry (then the answers must equal the in-process
@@ -39,11 +39,7 @@ from tests.conftest import REPO, png_bytes
 
 DEMO_CHARSET = "23456789abcdefghjkmpqrstuvwxy"
 DEMO_EXAMPLE = REPO / "docs" / "examples" / "demo-7kp3.png"
-SLOW = pytest.mark.skipif(
-    os.environ.get("CAPSERVE_SKIP_SLOW", "") not in ("", "0"),
-    reason="slow: builds a real deploy package (uv install of manylinux wheels, bytecode compilation, "
-    "a fresh interpreter); CAPSERVE_SKIP_SLOW is set",
-)
+SLOW = pytest.mark.slow  # builds a real deploy package: uv install of manylinux wheels, bytecode, a fresh interpreter
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 BASE_PYTHON = getattr(sys, "_base_executable", None) or sys.executable
 EVENTS = Path(__file__).parent / "events"
