@@ -251,7 +251,9 @@ def install_dependencies(stage: Path, options: Options) -> list[str]:
                "--python-version", options.python, "--python-platform", python_platform(options.glibc),
                "--only-binary", ":all:", "--quiet"]
     if options.wheelhouse:
-        command += ["--find-links", str(Path(options.wheelhouse).expanduser())]
+        wheelhouse = Path(options.wheelhouse).expanduser()
+        wheelhouse.mkdir(parents=True, exist_ok=True)  # a new one is empty: uv refuses a missing folder
+        command += ["--find-links", str(wheelhouse)]
     if options.offline:
         command.append("--offline")
     log(f"resolving the dependencies for Python {options.python}, {python_platform(options.glibc)} (uv)")

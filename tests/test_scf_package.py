@@ -362,6 +362,21 @@ def test_without_uv_the_builder_says_how_to_get_it(monkeypatch):
         package.uv_binary()
 
 
+def test_uv_resolves_for_the_target_with_the_wheelhouse_as_find_links(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(package.subprocess, "run",
+                        lambda command, **kw: calls.append(command) or subprocess.CompletedProcess(command, 0, "", ""))
+    options = package.Options(out=tmp_path / "x.zip", wheelhouse=tmp_path / "new" / "wheels", offline=True)
+    package.install_dependencies(tmp_path / "stage", options)
+    command = calls[0]
+    assert command[command.index("--python-version") + 1] == "3.10"
+    assert command[command.index("--python-platform") + 1] == "x86_64-manylinux_2_17"
+    assert command[command.index("--only-binary") + 1] == ":all:" and "--offline" in command
+    assert command[command.index("--find-links") + 1] == str(tmp_path / "new" / "wheels")
+    assert (tmp_path / "new" / "wheels").is_dir()  # uv refuses a --find-links folder that is not there
+    assert set(package.SERVING_REQUIREMENTS) <= set(command)
+
+
 def _fake_python(folder: Path, script: str, version: str = "3.10") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"python{version}"
