@@ -71,9 +71,8 @@ class Settings(BaseSettings):
         0, "cloud function: seconds after which an invocation rescans the registry; `0`: load once per "
         "container ([deploy-scf.md](deploy-scf.md))", ge=0)
     base_path: str = _setting("", "cloud function: a path prefix the trigger adds, stripped before routing", "none")
-    wheelhouse: Path = _setting(
-        Path.home() / ".cache" / "capserve" / "wheels", "the wheel cache of `capserve scf package`",
-        "`~/.cache/capserve/wheels`")
+    wheelhouse: Path | None = _setting(
+        None, "a folder of extra wheels for `capserve scf package` (uv `--find-links`)", "none")
     verbose_export: bool = _setting(False, "`1`: TensorFlow's own output while `capserve train` converts a model to TFLite")
 
     def __init__(self, **values: Any) -> None:
