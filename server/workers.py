@@ -149,7 +149,8 @@ def _supervise(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
 def shared_state(workers: int):
     """With several workers, a temporary folder they share, removed when the server stops:
     Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
-    given by the operator is used as is), and the connection counts of server/balance.py."""
+    given by the operator is used as is), the connection counts of server/balance.py and the
+    rate limits and used signatures of server/limits.py."""
     from capserve.server.balance import BALANCE_DIR_ENV, create_folder
     from capserve.server.metrics import MULTIPROCESS_ENV, multiprocess_dir
 
@@ -157,7 +158,7 @@ def shared_state(workers: int):
         yield
         return
     folder = Path(tempfile.mkdtemp(prefix="capserve-workers-"))
-    added = {BALANCE_DIR_ENV: folder / "balance"}
+    added = {BALANCE_DIR_ENV: folder / "balance", "CAPSERVE_LIMITS_DIR": folder / "limits"}  # server/limits.py
     if multiprocess_dir() is None:
         added[MULTIPROCESS_ENV] = folder / "metrics"
     for name, path in added.items():
