@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         "closed", "rate limits while Redis cannot be reached: `closed` answers 503 `limits_unavailable`, `open` "
         "lets the requests through; signed requests are refused either way")
     limits_dir: Path | None = _setting(
-        None, "the folder where the workers share rate limits and used signatures (an SQLite file), when "
+        None, "the folder where the workers share rate limits and used signatures (a file they map), when "
         "`CAPSERVE_REDIS_URL` is unset; `capserve serve --workers N` makes and removes it", "set by capserve")
     load_plugins: bool = _setting(True, "`0`: load built-in plugins only ([plugins.md](plugins.md))")
     trace_plugins: bool = _setting(False, "`1`: print every plugin hook call to stderr")

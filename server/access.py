@@ -19,7 +19,7 @@ and ``X-Capserve-Signature``, the hex HMAC-SHA256 of
 A signature is accepted once, within ``CAPSERVE_HMAC_WINDOW`` seconds (default 300).
 
 Buckets and used signatures live in a store (``server/limits.py``): this process's memory,
-the SQLite file the workers of one ``capserve serve`` share, or Redis for a whole deployment.
+the file the workers of one ``capserve serve`` share, or Redis for a whole deployment.
 When the store cannot answer, a signed request is refused (503 ``limits_unavailable``) and a
 rate-limited key is refused or let through as ``CAPSERVE_REDIS_FAIL`` says.
 """

@@ -14,13 +14,14 @@ Three stores, chosen by ``open_store`` from the settings:
 | store | where the limits hold | chosen when |
 | --- | --- | --- |
 | ``MemoryStore`` | one process | one worker, the SCF event handler, tests |
-| ``SQLiteStore`` (``limits_sqlite.py``) | every worker of one ``capserve serve`` | ``--workers N`` (``CAPSERVE_LIMITS_DIR``) |
+| ``SharedStore`` (``limits_shared.py``) | every worker of one ``capserve serve`` | ``--workers N`` (``CAPSERVE_LIMITS_DIR``) |
 | ``RedisStore`` (``limits_redis.py``) | every process that uses the same Redis | ``CAPSERVE_REDIS_URL`` |
 
-Expiry costs O(1) per request in each: the memory and SQLite stores drop at most two expired
-entries per remembered one, oldest first (so they never hold more than what the window can
-still use plus a shrinking remainder); Redis expires its keys itself. A store that cannot do
-its work (Redis unreachable, the SQLite file locked for seconds) raises ``StoreUnavailable``.
+Expiry costs O(1) per request in each: the memory store drops at most two expired entries per
+remembered one, oldest first (so it never holds more than what the window can still use plus
+a shrinking remainder); the shared file's table reuses expired slots; Redis expires its keys
+itself. A store that cannot do its work (Redis unreachable, the shared file not writable, its
+table full) raises ``StoreUnavailable``.
 
 A store is built from settings alone and holds no per-server state, so any process that serves
 the app (a ``capserve serve`` worker, an SCF container, a Ray Serve replica) gets the same
@@ -100,13 +101,13 @@ class MemoryStore:
 
 
 def open_store(settings: Settings) -> Store:
-    """The store the settings ask for: Redis, else the workers' SQLite file, else memory."""
+    """The store the settings ask for: Redis, else the workers' shared file, else memory."""
     if settings.redis_url:
         from capserve.server.limits_redis import RedisStore
 
         return RedisStore(settings.redis_url)
     if settings.limits_dir is not None:
-        from capserve.server.limits_sqlite import SQLiteStore
+        from capserve.server.limits_shared import SharedStore
 
-        return SQLiteStore(settings.limits_dir / "limits.sqlite3")
+        return SharedStore(settings.limits_dir / "limits")
     return MemoryStore()

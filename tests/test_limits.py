@@ -17,7 +17,7 @@ from capserve.server.access import Access, ApiKey, digest, signature
 from capserve.server.app import create_app
 from capserve.server.limits import MemoryStore, StoreUnavailable, open_store
 from capserve.server.limits_redis import RedisStore
-from capserve.server.limits_sqlite import SQLiteStore
+from capserve.server.limits_shared import PROBES, SharedStore
 from tests.conftest import png_bytes
 from tests.servers import free_port, start_redis
 
@@ -38,12 +38,12 @@ def redis_url(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "shared", "redis"])
 def store(request, tmp_path):
     if request.param == "memory":
         made = MemoryStore()
-    elif request.param == "sqlite":
-        made = SQLiteStore(tmp_path / "limits.sqlite3")
+    elif request.param == "shared":
+        made = SharedStore(tmp_path / "limits")
     else:
         made = RedisStore(request.getfixturevalue("redis_url"))
         made.client.flushdb()
@@ -51,11 +51,11 @@ def store(request, tmp_path):
     made.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "shared"])
 def clocked(request, tmp_path):
     """A store on a clock the test moves."""
     clock = Clock()
-    made = MemoryStore(clock) if request.param == "memory" else SQLiteStore(tmp_path / "limits.sqlite3", clock)
+    made = MemoryStore(clock) if request.param == "memory" else SharedStore(tmp_path / "limits", clock)
     yield made, clock
     made.close()
 
@@ -93,8 +93,9 @@ def test_a_key_is_new_again_once_expired(clocked):
     assert not store.first_use("sig", 10)
 
 
-def test_expired_keys_are_dropped_a_few_per_call(clocked):
-    store, clock = clocked
+def test_the_memory_store_drops_expired_keys_a_few_per_call():
+    clock = Clock()
+    store = MemoryStore(clock)
     for i in range(1000):
         store.first_use(f"old-{i}", 10)
     clock.now += 11
@@ -103,6 +104,20 @@ def test_expired_keys_are_dropped_a_few_per_call(clocked):
     for i in range(1, 600):
         store.first_use(f"new-{i}", 10)
     assert len(store) == 600  # the backlog is gone; only what the window can still use is held
+
+
+def test_the_shared_table_reuses_expired_slots_and_never_forgets_a_live_one(tmp_path):
+    clock = Clock()
+    store = SharedStore(tmp_path / "limits", clock, signatures=4)  # 4 + PROBES slots in all
+    remembered = 0
+    with pytest.raises(StoreUnavailable, match="no free slot"):
+        for i in range(1000):
+            assert store.first_use(f"sig-{i}", 10)
+            remembered += 1
+    assert PROBES <= remembered < PROBES + 4 and len(store) == remembered
+    assert not any(store.first_use(f"sig-{i}", 10) for i in range(remembered))  # all still refused
+    clock.now += 11  # all expired: their slots are free again, with nothing swept
+    assert all(store.first_use(f"new-{i}", 10) for i in range(PROBES))
 
 
 def test_a_key_remembered_again_is_not_dropped_by_its_old_expiry(clocked):
@@ -115,11 +130,20 @@ def test_a_key_remembered_again_is_not_dropped_by_its_old_expiry(clocked):
     assert not store.first_use("sig", 100)
 
 
-def test_two_connections_to_one_sqlite_file_share_buckets_and_keys(tmp_path):
-    a, b = SQLiteStore(tmp_path / "limits.sqlite3"), SQLiteStore(tmp_path / "limits.sqlite3")
+def test_two_mappings_of_one_file_share_buckets_and_keys(tmp_path):
+    a, b = SharedStore(tmp_path / "limits"), SharedStore(tmp_path / "limits")
     assert [a.take("k", 1, 2), b.take("k", 1, 2)] == [0, 0] and b.take("k", 1, 2) > 0 and a.take("k", 1, 2) > 0
     assert a.first_use("sig", 60) and not b.first_use("sig", 60)
-    assert a._connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    a.close()
+    b.close()
+
+
+def test_a_shared_file_that_cannot_be_made_raises(tmp_path):
+    store = SharedStore(tmp_path / "missing-folder" / "limits")
+    with pytest.raises(StoreUnavailable):
+        store.first_use("sig", 60)
+    with pytest.raises(StoreUnavailable):
+        store.take("k", 1, 2)
 
 
 def test_redis_keys_expire_by_themselves(redis_url):
@@ -161,7 +185,7 @@ def test_redis_is_used_again_once_back(tmp_path, monkeypatch):
 def test_the_settings_choose_the_store(tmp_path, redis_url, monkeypatch):
     monkeypatch.delenv("CAPSERVE_REDIS_FAIL", raising=False)
     assert type(open_store(Settings(redis_url=None, limits_dir=None))) is MemoryStore
-    assert type(open_store(Settings(redis_url=None, limits_dir=tmp_path))) is SQLiteStore
+    assert type(open_store(Settings(redis_url=None, limits_dir=tmp_path))) is SharedStore
     assert type(open_store(Settings(redis_url=redis_url, limits_dir=tmp_path))) is RedisStore
     with pytest.raises(ValueError, match="scheme"):
         Access.from_settings(Settings(redis_url="http://127.0.0.1:6379"))

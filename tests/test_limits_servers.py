@@ -1,5 +1,5 @@
 """Rate limits and replay protection hold for a whole server and a whole deployment: real
-``capserve serve`` processes, with ``--workers 2`` (the embedded SQLite store) and two
+``capserve serve`` processes, with ``--workers 2`` (the file the workers share) and two
 servers sharing a real ``redis-server`` (standing in for two machines or replicas)."""
 
 from __future__ import annotations
