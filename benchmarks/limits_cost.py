@@ -1,15 +1,14 @@
 """Per-request cost of the rate-limit and replay stores (server/limits*.py), and of the whole
 signature check with 100 and with 100,000 signatures remembered.
 
-Stores: ``memory`` (one process), ``shared`` (the file the workers of ``capserve serve
---workers N`` map, in a temporary folder), ``redis`` (a ``redis-server`` this script starts
+Stores: ``memory`` (one process), ``shared`` (the table the workers of ``capserve serve
+--workers N`` map, made as the server makes it), ``redis`` (a ``redis-server`` this script starts
 on a free loopback port, nothing saved; the time includes the loopback round trip).
 
 Columns, in microseconds per call: ``take`` (one token from a bucket with room), ``first_use``
 (remember a new signature), and ``Access.check_signature`` (HMAC, window, replay store) of a
 fresh signed request against a store that holds 100 signatures (reset to 100 before each
-round, so 100 to 100 + n during it; the shared file is zeroed in place, its pages kept, as in
-a running server) or 100,000 (filled once; it grows by n per round). Each
+round, so 100 to 100 + n during it) or 100,000 (filled once; it grows by n per round). Each
 round times ``-n`` calls of every cell, the cells in turn (interleaved, so a busy moment of a
 shared machine touches all of them alike); a cell's figure is the median over ``--rounds``
 rounds, in wall-clock time (Redis works in another process).
@@ -40,6 +39,7 @@ import redis  # noqa: E402
 from capserve.server.access import Access, signature  # noqa: E402
 from capserve.server.limits import MemoryStore  # noqa: E402
 from capserve.server.limits_redis import PREFIX, RedisStore  # noqa: E402
+from capserve.server import limits_shared  # noqa: E402
 from capserve.server.limits_shared import SharedStore  # noqa: E402
 
 SECRET, WINDOW, SMALL = b"benchmark-secret", 300.0, 100
@@ -67,6 +67,13 @@ def redis_server(folder: Path):
         proc.wait()
 
 
+def shared_table(folder: Path) -> SharedStore:
+    """The table as ``capserve serve --workers N`` makes it (memory of this process)."""
+    folder.mkdir()
+    limits_shared.create(folder)  # held until the script ends
+    return SharedStore(folder / "table")
+
+
 def fill(store, count: int) -> None:
     """``count`` remembered signatures, as the store would hold them."""
     keys = [secrets.token_hex(32) for _ in range(count)]
@@ -84,8 +91,8 @@ def reset(store, count: int) -> None:
     if isinstance(store, RedisStore):
         store.client.flushdb()
     elif isinstance(store, SharedStore):
-        store.first_use("open", 1)  # maps the file
-        store._map[: store._buckets_at] = bytes(store._buckets_at)
+        store.first_use("open", 1)  # maps the table
+        store._map[: store._buckets_at] = bytes(store._buckets_at)  # in place: its pages stay as they were
     else:
         store._seen.clear()
         store._order.clear()
@@ -121,7 +128,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="capserve-limits-bench-") as tmp, redis_server(Path(tmp)) as url:
         stores = {
             "memory": (MemoryStore(), MemoryStore(), MemoryStore()),
-            "shared": tuple(SharedStore(Path(tmp) / f"limits-{i}") for i in range(3)),
+            "shared": tuple(shared_table(Path(tmp) / f"limits-{i}") for i in range(3)),
             "redis": tuple(RedisStore(f"{url}/{i}") for i in range(3)),
         }
         for name, (plain, small, large) in stores.items():

@@ -109,5 +109,5 @@ def open_store(settings: Settings) -> Store:
     if settings.limits_dir is not None:
         from capserve.server.limits_shared import SharedStore
 
-        return SharedStore(settings.limits_dir / "limits")
+        return SharedStore(settings.limits_dir / "table")
     return MemoryStore()

@@ -8,8 +8,13 @@ expiry costs nothing, and an operation reads ``PROBES`` slots whatever the table
 operation runs under ``flock`` on the file (and a thread lock: ``flock`` does not tell one
 process's threads apart).
 
-- signatures: 4,194,304 slots of (fingerprint, expires), 64 MiB, reserved on disk when the
-  file is made (a full disk is then an error at once, never a SIGBUS later). At 3,000 signed
+The table is memory of the process that starts the workers (``create``), so that it is never
+written back to a disk: on a disk file every write that follows a write-back faults, which made
+a check 3 times slower (BENCHMARKS.md). Without ``memfd_create`` it is a plain file.
+
+- signatures: 4,194,304 slots of (fingerprint, expires), 64 MiB, allocated as they are written
+  (a plain file reserves its blocks when it is made, so that a full disk is an error at once,
+  never a SIGBUS later). At 3,000 signed
   requests per second and a 300 s window a fifth of them are in use. When every slot a new
   signature may use is taken, the store raises ``StoreUnavailable`` (that request is refused)
   rather than forget a signature that could still be replayed.
@@ -106,7 +111,8 @@ class SharedStore:
             if self._map is None:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 try:
-                    os.posix_fallocate(fd, 0, self._size)  # zeros: every slot never used
+                    if os.fstat(fd).st_size < self._size:  # a plain file: reserve its blocks
+                        os.posix_fallocate(fd, 0, self._size)  # zeros: every slot never used
                     self._map = mmap.mmap(fd, self._size)
                 except BaseException:
                     os.close(fd)
@@ -134,6 +140,20 @@ class SharedStore:
                 self._map.close()
                 os.close(self._fd)
                 self._map, self._fd = None, -1
+
+
+def create(folder: Path) -> int | None:
+    """Called once by the process that starts the workers: the table as memory of its own
+    (``memfd_create``: never written back to a disk, freed with the last process that maps it),
+    linked as ``folder / "table"`` for the workers to open (the link leads to this process's
+    ``/proc/PID/fd``). Returns the descriptor to close when the workers are gone; None where
+    there is no ``memfd_create``, and the first worker makes a plain file there instead."""
+    if not hasattr(os, "memfd_create") or not Path(f"/proc/{os.getpid()}/fd").is_dir():
+        return None
+    fd = os.memfd_create("capserve-limits")
+    os.ftruncate(fd, SharedStore(folder / "table")._size)  # sparse: pages exist once written
+    (folder / "table").symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
+    return fd
 
 
 def _full(path: Path, what: str) -> StoreUnavailable:

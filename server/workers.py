@@ -151,6 +151,7 @@ def shared_state(workers: int):
     Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
     given by the operator is used as is), the connection counts of server/balance.py and the
     rate limits and used signatures of server/limits.py."""
+    from capserve.server import limits_shared
     from capserve.server.balance import BALANCE_DIR_ENV, create_folder
     from capserve.server.metrics import MULTIPROCESS_ENV, multiprocess_dir
 
@@ -165,9 +166,12 @@ def shared_state(workers: int):
         path.mkdir()
         os.environ[name] = str(path)
     create_folder(added[BALANCE_DIR_ENV])
+    limits = limits_shared.create(added["CAPSERVE_LIMITS_DIR"])
     try:
         yield
     finally:
+        if limits is not None:
+            os.close(limits)
         for name in added:
             del os.environ[name]
         shutil.rmtree(folder, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from capserve.server.access import Access, ApiKey, digest, signature
 from capserve.server.app import create_app
 from capserve.server.limits import MemoryStore, StoreUnavailable, open_store
 from capserve.server.limits_redis import RedisStore
+from capserve.server import limits_shared
 from capserve.server.limits_shared import PROBES, SharedStore
 from tests.conftest import png_bytes
 from tests.servers import free_port, start_redis
@@ -136,6 +138,22 @@ def test_two_mappings_of_one_file_share_buckets_and_keys(tmp_path):
     assert a.first_use("sig", 60) and not b.first_use("sig", 60)
     a.close()
     b.close()
+
+
+def test_the_table_the_workers_share_is_memory_of_the_starting_process(tmp_path):
+    fd = limits_shared.create(tmp_path)
+    if fd is None:
+        pytest.skip("no memfd_create here: the workers make a plain file")
+    try:
+        assert os.readlink(tmp_path / "table") == f"/proc/{os.getpid()}/fd/{fd}"
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:capserve-limits")  # not on a disk
+        a, b = SharedStore(tmp_path / "table"), SharedStore(tmp_path / "table")
+        assert a.first_use("sig", 60) and not b.first_use("sig", 60)
+        assert a.take("k", 1, 1) == 0 and b.take("k", 1, 1) > 0
+        a.close()
+        b.close()
+    finally:
+        os.close(fd)
 
 
 def test_a_shared_file_that_cannot_be_made_raises(tmp_path):
