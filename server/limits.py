@@ -105,7 +105,10 @@ def open_store(settings: Settings) -> Store:
     if settings.redis_url:
         from capserve.server.limits_redis import RedisStore
 
-        return RedisStore(settings.redis_url)
+        try:
+            return RedisStore(settings.redis_url)
+        except ValueError:  # nothing connects yet: only the URL's form is wrong
+            raise ValueError("CAPSERVE_REDIS_URL must start with redis://, rediss:// or unix://") from None
     if settings.limits_dir is not None:
         from capserve.server.limits_shared import SharedStore
 

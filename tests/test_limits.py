@@ -205,7 +205,7 @@ def test_the_settings_choose_the_store(tmp_path, redis_url, monkeypatch):
     assert type(open_store(Settings(redis_url=None, limits_dir=None))) is MemoryStore
     assert type(open_store(Settings(redis_url=None, limits_dir=tmp_path))) is SharedStore
     assert type(open_store(Settings(redis_url=redis_url, limits_dir=tmp_path))) is RedisStore
-    with pytest.raises(ValueError, match="scheme"):
+    with pytest.raises(ValueError, match="CAPSERVE_REDIS_URL must start with redis://"):
         Access.from_settings(Settings(redis_url="http://127.0.0.1:6379"))
     with pytest.raises(SettingsError, match="CAPSERVE_REDIS_FAIL"):
         Settings(redis_fail="sometimes")
