@@ -11,17 +11,17 @@ what they mean for a request:
 
 Three stores, chosen by ``open_store`` from the settings:
 
-| store | where the limits hold | chosen when |
-| --- | --- | --- |
-| ``MemoryStore`` | one process | one worker, the SCF event handler, tests |
-| ``SharedStore`` (``limits_shared.py``) | every worker of one ``capserve serve`` | ``--workers N`` (``CAPSERVE_LIMITS_DIR``) |
-| ``RedisStore`` (``limits_redis.py``) | every process that uses the same Redis | ``CAPSERVE_REDIS_URL`` |
+- ``MemoryStore``: one process (one worker, the SCF event handler, tests);
+- ``SharedStore`` (``limits_shared.py``): every worker of one ``capserve serve --workers N``
+  (``CAPSERVE_LIMITS_DIR``);
+- ``RedisStore`` (``limits_redis.py``): every process that uses the same Redis
+  (``CAPSERVE_REDIS_URL``).
 
 Expiry costs O(1) per request in each: the memory store drops at most two expired entries per
 remembered one, oldest first (so it never holds more than what the window can still use plus
-a shrinking remainder); the shared file's table reuses expired slots; Redis expires its keys
-itself. A store that cannot do its work (Redis unreachable, the shared file not writable, its
-table full) raises ``StoreUnavailable``.
+a shrinking remainder); the workers' table reuses expired slots; Redis expires its keys
+itself. A store that cannot do its work (Redis unreachable, the workers' table not writable or
+full) raises ``StoreUnavailable``.
 
 A store is built from settings alone and holds no per-server state, so any process that serves
 the app (a ``capserve serve`` worker, an SCF container, a Ray Serve replica) gets the same

@@ -1,5 +1,5 @@
-"""The limits of one machine's workers: two hash tables in a file every worker maps into its
-memory, in the folder ``capserve serve --workers N`` makes for them (``CAPSERVE_LIMITS_DIR``).
+"""The limits of one machine's workers: two hash tables that every worker maps into its memory,
+linked in the folder ``capserve serve --workers N`` makes for them (``CAPSERVE_LIMITS_DIR``).
 
 Each table is open addressing over fixed slots: a key's 64-bit fingerprint (BLAKE2b) picks its
 first slot, and it lives in one of the ``PROBES`` slots from there, read with one ``struct``
@@ -14,10 +14,10 @@ a check 3 times slower (BENCHMARKS.md). Without ``memfd_create`` it is a plain f
 
 - signatures: 4,194,304 slots of (fingerprint, expires), 64 MiB, allocated as they are written
   (a plain file reserves its blocks when it is made, so that a full disk is an error at once,
-  never a SIGBUS later). At 3,000 signed
-  requests per second and a 300 s window a fifth of them are in use. When every slot a new
-  signature may use is taken, the store raises ``StoreUnavailable`` (that request is refused)
-  rather than forget a signature that could still be replayed.
+  never a SIGBUS later). At 3,000 signed requests per second and a 300 s window a fifth of
+  them are in use. When every slot a new signature may use is taken, the store raises
+  ``StoreUnavailable`` (that request is refused) rather than forget a signature that could
+  still be replayed.
 - buckets: 16,384 slots of (fingerprint, tokens, updated), one per rate-limited key.
 """
 

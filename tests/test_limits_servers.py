@@ -55,7 +55,8 @@ class Connection:
         while b"\r\n\r\n" not in data:
             data += self.sock.recv(65536)
         head, rest = data.split(b"\r\n\r\n", 1)
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
         while len(rest) < length:
             rest += self.sock.recv(65536)
         return int(head.split()[1]), rest
