@@ -55,6 +55,7 @@ SERVING_REQUIREMENTS = (
     "orjson>=3.9",
     "pydantic>=2.7",
     "pydantic-settings>=2.7",
+    "redis>=5.0",  # limits shared by every container (CAPSERVE_REDIS_URL)
 )
 # Dependencies of capserve that the package leaves out: uvicorn's speed-ups under sustained load
 # on a long-lived server. An event function never runs uvicorn, and the web bootstrap's uvicorn
