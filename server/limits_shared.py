@@ -147,10 +147,14 @@ def create(folder: Path) -> int | None:
     (``memfd_create``: never written back to a disk, freed with the last process that maps it),
     linked as ``folder / "table"`` for the workers to open (the link leads to this process's
     ``/proc/PID/fd``). Returns the descriptor to close when the workers are gone; None where
-    there is no ``memfd_create``, and the first worker makes a plain file there instead."""
+    there is no ``memfd_create`` (or it is refused), and the first worker makes a plain file
+    there instead."""
     if not hasattr(os, "memfd_create") or not Path(f"/proc/{os.getpid()}/fd").is_dir():
         return None
-    fd = os.memfd_create("capserve-limits")
+    try:
+        fd = os.memfd_create("capserve-limits")
+    except OSError:  # refused by a sandbox
+        return None
     os.ftruncate(fd, SharedStore(folder / "table")._size)  # sparse: pages exist once written
     (folder / "table").symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
     return fd

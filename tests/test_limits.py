@@ -156,6 +156,19 @@ def test_the_table_the_workers_share_is_memory_of_the_starting_process(tmp_path)
         os.close(fd)
 
 
+def test_without_memfd_the_workers_share_a_plain_file(tmp_path, monkeypatch):
+    def refused(name):
+        raise PermissionError("not here")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    assert limits_shared.create(tmp_path) is None and not (tmp_path / "table").exists()
+    a, b = SharedStore(tmp_path / "table"), SharedStore(tmp_path / "table")
+    assert a.first_use("sig", 60) and not b.first_use("sig", 60)
+    assert (tmp_path / "table").stat().st_blocks * 512 >= (tmp_path / "table").stat().st_size  # reserved
+    a.close()
+    b.close()
+
+
 def test_a_shared_file_that_cannot_be_made_raises(tmp_path):
     store = SharedStore(tmp_path / "missing-folder" / "limits")
     with pytest.raises(StoreUnavailable):
