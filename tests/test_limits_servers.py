@@ -127,6 +127,8 @@ def test_limits_hold_for_every_worker_of_one_server(registry_dir, keys_file):
         try:
             assert_rate_holds_across([a, b])
             assert_replays_refused_across(a, b)
+            for conn in (a, b):  # the table is memory the supervisor made, never a disk file
+                assert "/memfd:capserve-limits" in Path(f"/proc/{conn.owner()}/maps").read_text()
         finally:
             a.close()
             b.close()
