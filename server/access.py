@@ -32,6 +32,7 @@ import hmac
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -39,6 +40,9 @@ from capserve.core import yamlfile
 from capserve.core.settings import Settings
 from capserve.server.errors import HTTPError
 from capserve.server.limits import MemoryStore, Store, StoreUnavailable, open_store
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
 
 
 class Unauthorized(HTTPError):
@@ -229,3 +233,17 @@ class Access:
                 from None
         if not first:
             raise Unauthorized("this signature was already used", code="replayed_signature")
+
+
+def refuse_status(request) -> "Response | None":
+    """The refusal of a status endpoint's request: they need a key when keys are on (unless
+    CAPSERVE_PUBLIC_STATUS=1); None when it may go on."""
+    from capserve.server.responses import error_response
+
+    access: Access = request.app.state.access
+    if access.keys and access.protect_status:
+        try:
+            access.check_key(request.headers, None)
+        except HTTPError as exc:
+            return error_response(exc)
+    return None

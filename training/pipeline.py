@@ -143,10 +143,17 @@ def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choi
         alpha, animated = _traits(options)
         chain = datasets.default_preprocess(changes.get("channels", options.channels), alpha=alpha, animated=animated)
         changes["preprocess"] = chain
-        if animated:
-            choices.append(autoconfig.Choice("frames", "frames_min", "animated images: each pixel's darkest value over "
-                                             "the frames, so dark text that blinks or appears in parts is whole",
-                                             "--preprocess"))
+        if animated and options.data is not None:
+            shape = InputShape(changes.get("width", options.width), changes.get("height", options.height),
+                               changes.get("channels", options.channels))
+            items = datasets.scan_folder(options.data, case=options.case)
+            charset = options.charset or "".join(sorted(set("".join(labels))))
+            log(f"animated images: trying {', '.join(autoconfig.FRAMES_CANDIDATES)} on a sample ...")
+            best, scores = autoconfig.probe_frames(items, shape, charset, max_length, seed=options.seed)
+            chain[0] = best
+            tried = ", ".join(f"{step} {score:.2f}" for step, score in scores.items())
+            choices.append(autoconfig.Choice("frames", best, f"animated images; character accuracy of a short "
+                                             f"probe run: {tried}", "--preprocess"))
         elif alpha:
             choices.append(autoconfig.Choice("transparency", "flatten_alpha", "transparent images, composited onto "
                                              "white as a browser shows them", "--preprocess"))
