@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from capserve.core.images import DEFAULT_FORMATS, ImageLimits
 
 PREFIX = "CAPSERVE_"
-SECRETS = ("api_keys", "hmac_secret", "protocol_secret")  # never printed
+SECRETS = ("api_keys", "hmac_secret", "protocol_secret", "redis_url")  # never printed
 
 
 class SettingsError(ValueError):
@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     public_status: bool = _setting(False, "`1`: `/v1/*` and `/metrics` stay open when keys are on")
     hmac_secret: str | None = _setting(None, "require signed requests", "off")
     hmac_window: float = _setting(300, "seconds a signature's timestamp may be off", gt=0)
+    redis_url: str | None = _setting(
+        None, "a Redis server shared by every machine, container or replica, which then share the rate limits and "
+        "the used signatures (`redis://host:6379/1`; [security.md](security.md#where-the-limits-hold))", "off")
+    redis_fail: Literal["closed", "open"] = _setting(
+        "closed", "rate limits while Redis cannot be reached: `closed` answers 503 `limits_unavailable`, `open` "
+        "lets the requests through; signed requests are refused either way")
+    limits_dir: Path | None = _setting(
+        None, "the folder where the workers share rate limits and used signatures (a file they map), when "
+        "`CAPSERVE_REDIS_URL` is unset; `capserve serve --workers N` makes and removes it", "set by capserve")
     samples_dir: Path | None = _setting(
         None, "collect samples here: `keep=true` requests and reported wrong answers, a folder per site "
         "([console.md](console.md))", "off")

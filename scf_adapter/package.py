@@ -65,6 +65,7 @@ SERVING_REQUIREMENTS = (
     "orjson>=3.9",
     "pydantic>=2.7",
     "pydantic-settings>=2.7",
+    "redis>=5.0",  # limits shared by every container (CAPSERVE_REDIS_URL)
 )
 # Dependencies of capserve that the package leaves out: the event loop's speed-up under sustained
 # load on a long-lived server. An event function never runs granian, and the web bootstrap's granian

@@ -9,8 +9,9 @@ in BENCHMARKS.md.
 
 What capserve adds: the HTTP limits as one object (``Limits``), a port in use reported in one
 line (granian itself panics with a Rust backtrace), the folder Prometheus' multiprocess files
-live in while several workers run (``shared_state``), and exit code 3 when the workers could not
-be kept running (one failed to start, or failed again within seconds of its restart).
+and the workers' table of rate limits and used signatures live in while several workers run
+(``shared_state``), and exit code 3 when the workers could not be kept running (one failed to
+start, or failed again within seconds of its restart).
 """
 
 from __future__ import annotations
@@ -102,16 +103,28 @@ def run(
 
 @contextlib.contextmanager
 def shared_state(workers: int):
-    """With several workers, a temporary folder for Prometheus' multiprocess files, so /metrics
-    adds up all workers (a PROMETHEUS_MULTIPROC_DIR given by the operator is used as is),
-    removed when the server stops."""
-    if workers < 2 or os.environ.get(MULTIPROCESS_ENV):
+    """With several workers, a temporary folder they share, removed when the server stops:
+    Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
+    given by the operator is used as is), and the link to the table of rate limits and used
+    signatures that this process holds for them (server/limits_shared.py)."""
+    from capserve.server import limits_shared
+
+    if workers < 2:
         yield
         return
-    folder = Path(tempfile.mkdtemp(prefix="capserve-metrics-"))
-    os.environ[MULTIPROCESS_ENV] = str(folder)
+    folder = Path(tempfile.mkdtemp(prefix="capserve-workers-"))
+    added = {"CAPSERVE_LIMITS_DIR": folder / "limits"}
+    if not os.environ.get(MULTIPROCESS_ENV):
+        added[MULTIPROCESS_ENV] = folder / "metrics"
+    for name, path in added.items():
+        path.mkdir()
+        os.environ[name] = str(path)
+    limits = limits_shared.create(added["CAPSERVE_LIMITS_DIR"])
     try:
         yield
     finally:
-        del os.environ[MULTIPROCESS_ENV]
+        if limits is not None:
+            os.close(limits)
+        for name in added:
+            del os.environ[name]
         shutil.rmtree(folder, ignore_errors=True)

@@ -57,3 +57,37 @@ def start_server(
         yield base
     finally:
         stop(proc, timeout=10)
+
+
+@contextlib.contextmanager
+def start_redis(folder: Path, port: int | None = None):
+    """A ``redis-server`` on a free loopback port (or ``port``), its files in ``folder``, nothing
+    saved; yields its URL. Skips the test when redis-server is not installed."""
+    import shutil
+
+    import redis
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server (apt-get install redis-server)")
+    port = port or free_port()
+    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
+            "--appendonly", "no", "--daemonize", "no"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None:
+                    pytest.fail(f"redis-server exited: {proc.stdout.read().decode()}")
+                if time.monotonic() > deadline:
+                    pytest.fail("redis-server did not answer")
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        stop(proc, timeout=10)
