@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from starlette.routing import Route
 from capserve.core.errors import CapserveError
 from capserve.server.errors import BadJSON, BadRequest, status_of
 from capserve.server.parsing import decode_base64, read_body
+from capserve.server import samples
 from capserve.server.responses import FastJSONResponse
 from capserve.server.solving import BALANCE, Hints, caller, choose_site, hint_number, issue_id, log, resolve_id, solve
 
@@ -103,7 +105,10 @@ async def create_task(request: Request) -> Response:
         image = decode_base64(body if isinstance(body, str) else "", state.settings.max_body_bytes)
         text = await solve(state.registry, site, image, hints_of(task))
         served = site
-        response = solved(issue_id(state.protocol_secret, doc["key"], text), text)
+        captcha_id = issue_id(state.protocol_secret, doc["key"], text)
+        if state.settings.samples_dir is not None:
+            await asyncio.to_thread(samples.hold, state.settings, captcha_id, site, image, text)
+        response = solved(captcha_id, text)
     except CapserveError as exc:
         status = status_of(exc)
         response = error_answer(exc)
@@ -138,7 +143,10 @@ async def get_balance(request: Request) -> Response:
 async def report_incorrect(request: Request) -> Response:
     try:
         doc = await request_doc(request)
+        settings = request.app.state.settings
         resolve_id(request.app.state.protocol_secret, doc["key"], doc.get("taskId", ""))
+        if settings.samples_dir is not None:
+            await asyncio.to_thread(samples.report_wrong, settings, str(doc.get("taskId", "")))
         return FastJSONResponse({"errorId": 0, "status": "success"})
     except CapserveError as exc:
         return error_answer(exc)

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -232,3 +233,51 @@ class Folder:
             labels = read_labels(self.path)
             labels[name] = label
             _write_labels(self.path, labels)
+
+
+# -- submissions through the client protocols, held until their id expires ------------------------
+
+HELD = ".held"
+HOLD_SECONDS = 600  # as long as a protocol's captcha id resolves (solving.RESULT_TTL)
+PURGE_EVERY = 60.0
+
+
+def _held(settings: Settings, captcha_id: str) -> Path:
+    return Path(settings.samples_dir) / HELD / hashlib.sha256(captcha_id.encode()).hexdigest()[:40]
+
+
+def hold(settings: Settings, captcha_id: str, site: str, image: bytes, answer: str) -> None:
+    """With collection on, keep a 2captcha or createTask submission until its id expires, so
+    that a report of a wrong answer (``report_wrong``) can keep it as a sample; off, nothing."""
+    if settings.samples_dir is None or len(image) > settings.samples_max_bytes:
+        return
+    path = _held(settings, captcha_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path.with_suffix(".json"), json.dumps({"site": site, "answer": answer[:MAX_LABEL]}).encode())
+    _write(path, image)
+    marker = path.parent / ".purged"
+    if not marker.exists() or time.time() - marker.stat().st_mtime > PURGE_EVERY:
+        marker.touch()
+        cutoff = time.time() - HOLD_SECONDS
+        for entry in os.scandir(path.parent):
+            with contextlib.suppress(OSError):
+                if entry.name != ".purged" and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+
+def report_wrong(settings: Settings, captcha_id: str) -> str | None:
+    """Keep the held submission of ``captcha_id`` as a ``wrong`` sample of its site; returns its
+    name, or None when collection is off or the submission is no longer held."""
+    if settings.samples_dir is None:
+        return None
+    path = _held(settings, captcha_id)
+    try:
+        meta = json.loads(path.with_suffix(".json").read_bytes())
+        image = path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    name = keep_sample(settings, meta["site"], image, meta["answer"], "wrong")
+    for stale in (path, path.with_suffix(".json")):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    return name

@@ -12,6 +12,7 @@ network failure and retry.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from starlette.routing import Route
 from capserve.core.errors import CapserveError
 from capserve.server.errors import BadRequest, MissingImage, status_of
 from capserve.server.parsing import decode_base64, parse_urlencoded, read_body, read_form
+from capserve.server import samples
 from capserve.server.responses import FastJSONResponse
 from capserve.server.solving import (
     BALANCE, Hints, WrongId, caller, choose_site, hint_number, issue_id, log, resolve_id, solve,
@@ -122,9 +124,13 @@ async def in_php(request: Request) -> Response:
         key = caller(state.access, fields.get("key"))
         site = choose_site(fields.get("site"), key, state.settings)
         hints = hints_of(fields)
-        text = await solve(state.registry, site, image_of(fields, upload, state.settings.max_body_bytes), hints)
+        image = image_of(fields, upload, state.settings.max_body_bytes)
+        text = await solve(state.registry, site, image, hints)
         served = site
-        response = answer(json_form, issue_id(state.protocol_secret, key, text))
+        captcha_id = issue_id(state.protocol_secret, key, text)
+        if state.settings.samples_dir is not None:
+            await asyncio.to_thread(samples.hold, state.settings, captcha_id, site, image, text)
+        response = answer(json_form, captcha_id)
     except CapserveError as exc:
         status = status_of(exc)
         response = error_answer(json_form, exc)
@@ -153,6 +159,8 @@ async def res_php(request: Request) -> Response:
             text = resolve_id(state.protocol_secret, key, fields.get("id", ""))
             if action == "get":
                 return answer(json_form, text)
+            if action == "reportbad" and state.settings.samples_dir is not None:
+                await asyncio.to_thread(samples.report_wrong, state.settings, fields.get("id", ""))
             return answer(json_form, "OK_REPORT_RECORDED", prefix="")
         raise BadRequest(f"action {action[:32]!r} is not one of get, getbalance, reportbad, reportgood",
                          code="no_action")

@@ -298,3 +298,28 @@ def test_urlencoded_forms_parse_as_the_standard_library_does(fields):
 def test_urlencoded_forms_have_a_field_limit():
     with pytest.raises(BadRequest):
         parse_urlencoded(b"&".join(b"a%d=1" % i for i in range(65)))
+
+
+def test_reported_wrong_answers_are_kept_as_samples(registry, tmp_path):
+    """With collection on, reportbad and reportIncorrectImageCaptcha keep the submitted image
+    with the model's answer as a ``wrong`` sample of its site; a good report keeps nothing."""
+    import json
+
+    samples = tmp_path / "samples"
+    with client(registry, samples_dir=samples) as c:
+        first = submit(c)[3:]
+        report = {"key": "k-plain", "id": first}
+        assert c.get("/res.php", params={**report, "action": "reportgood"}).text == "OK_REPORT_RECORDED"
+        assert not (samples / "demo").exists()
+        assert c.get("/res.php", params={**report, "action": "reportbad"}).text == "OK_REPORT_RECORDED"
+        task = c.post("/createTask", json={"clientKey": "k-var", "task": {"type": "ImageToTextTask", "body": B64}}).json()
+        assert c.post("/reportIncorrectImageCaptcha", json={"clientKey": "k-var", "taskId": task["taskId"]}).json() == \
+            {"errorId": 0, "status": "success"}
+    kept = {site: sorted(p for p in (samples / site).iterdir() if p.suffix == ".png") for site in ("demo", "demo-var")}
+    assert [len(kept["demo"]), len(kept["demo-var"])] == [1, 1]
+    assert kept["demo"][0].read_bytes() == IMAGE
+    meta = json.loads(kept["demo"][0].with_name(kept["demo"][0].name + ".json").read_text())
+    assert meta["answer"] == "7kp3" and meta["reason"] == "wrong"
+    assert json.loads(kept["demo-var"][0].with_name(kept["demo-var"][0].name + ".json").read_text())["answer"] == \
+        task["solution"]["text"]
+    assert not list((samples / ".held").glob("*.json"))  # both reported: nothing is held any longer
