@@ -213,8 +213,10 @@ def make_dataset(data: Dataset, y: np.ndarray, config: TrainConfig, height: int,
             yield x[index], y[index]
 
     # Every batch is full (the remainder is dropped), so the batch size is part of the static
-    # shape: with an unknown batch, the CTC loss's loop fails graph optimization and each step
-    # ran unoptimized (0.72 s instead of 0.36 s at 160x60 on 2 cores, benchmarks/step_time.py).
+    # shape. In a process that trains models of several input sizes, an unknown batch size made
+    # the CTC loss's loop of the later ones fail graph optimization (a step of 64 at 160x60 took
+    # 0.72 s against 0.32 s); with one model per process the two shapes cost the same
+    # (benchmarks/step_time.py, BENCHMARKS.md).
     signature = (
         tf.TensorSpec((batch, *x.shape[1:]), tf.float32),
         tf.TensorSpec((batch, y.shape[1]), tf.int32),
