@@ -20,6 +20,7 @@ from PIL import Image
 
 from capserve.core.decoders import DECODERS, output_classes
 from capserve.core.errors import CapserveError, RecognitionFailed
+from capserve.core.files import MAX_MODEL_BYTES, FileRefused, read_regular
 from capserve.core.runtime import Runtime
 from capserve.core.spec import ModelSpec, SpecError
 from capserve.core.steps import Catalog
@@ -51,11 +52,19 @@ class Model:
     """One servable entry: its spec, its interpreter pool and its compiled chains."""
 
     def __init__(
-        self, spec: ModelSpec, catalog: Catalog, *, limits: ImageLimits = DEFAULT_LIMITS, max_interpreters: int = 8
+        self,
+        spec: ModelSpec,
+        catalog: Catalog,
+        *,
+        content: bytes | None = None,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        max_interpreters: int = 8,
     ) -> None:
+        """``content``: the model file as ``read_model(spec)`` returned it (read here if None)."""
         self.spec = spec
         self.limits = limits
-        content = _read_model(spec)
+        if content is None:
+            content = read_model(spec)
         self.runtime = Runtime(content, max_interpreters=max_interpreters)
         _check_shapes(spec, self.runtime)
         shape = InputShape(spec.width, spec.height, spec.channels)
@@ -128,11 +137,15 @@ def _blank_png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def _read_model(spec: ModelSpec) -> bytes:
+def read_model(spec: ModelSpec) -> bytes:
+    """The entry's model file (a regular file inside the entry's folder, under the size cap),
+    checked against ``model.sha256`` when the entry has one."""
     try:
-        content = spec.model_file.read_bytes()
+        content = read_regular(spec.model_file, max_bytes=MAX_MODEL_BYTES, inside=spec.directory)
     except FileNotFoundError:
         raise SpecError(spec.path, "model.file", f"{spec.model_file.name} does not exist") from None
+    except FileRefused as exc:
+        raise SpecError(spec.path, "model.file", f"refused: {exc}") from None
     except OSError as exc:
         raise SpecError(spec.path, "model.file", f"cannot be read: {exc}") from None
     if spec.sha256 is not None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from capserve.core.files import MAX_YAML_BYTES, FileRefused, read_regular
+
 ENTRY_FILE = "model.yaml"
 SITE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DECODERS = ("ctc", "fixed")
@@ -148,9 +150,11 @@ def parse_spec(doc: Any, path: Path) -> ModelSpec:
 def load_spec(path: Path) -> ModelSpec:
     """Read and check one ``model.yaml``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, max_bytes=MAX_YAML_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise SpecError(path, "(file)", "does not exist") from None
+    except FileRefused as exc:
+        raise SpecError(path, "(file)", f"refused: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(path, "(file)", f"cannot be read: {exc}") from None
     try:
