@@ -7,7 +7,7 @@ allocates its tensors and runs it on all-zero and all-one inputs under an addres
 (``RLIMIT_AS``), and answers one line per file. A file whose child dies, runs out of memory or
 runs past the time limit is refused with the reason; the rest are proven in a fresh child.
 
-Verdicts are cached by the file's SHA-256, so a rescan never re-proves an unchanged file.
+Verdicts are cached by the file's SHA-256 (and the memory limit), so a rescan never re-proves an unchanged file.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ TIMEOUT_S = 30.0  # per file, from the child's start
 MEMORY_BYTES = 1 << 30  # the child's address space
 _CACHE_SIZE = 1024
 
-_verdicts: dict[str, str | None] = {}  # sha256 -> None (proven) or the reason it was refused
+_verdicts: dict[str, str | None] = {}  # "sha256:memory limit" -> None (proven) or why it was refused
 
 
 def prove(contents: list[bytes], *, timeout: float = TIMEOUT_S, memory: int = MEMORY_BYTES) -> list[str | None]:
     """For each file: None if it loads, allocates and runs in a child process, else why not."""
-    digests = [hashlib.sha256(c).hexdigest() for c in contents]
+    digests = [f"{hashlib.sha256(c).hexdigest()}:{memory}" for c in contents]
     results = {d: _verdicts[d] for d in digests if d in _verdicts}
     by_digest = dict(zip(digests, contents))
     pending = [d for d in by_digest if d not in results]
