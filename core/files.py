@@ -42,4 +42,4 @@ def _check(info: os.stat_result, path: Path, max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise FileRefused(f"{path.name} is not a regular file")
     if info.st_size > max_bytes:
-        raise FileRefused(f"{path.name} is {info.st_size} bytes, over the limit of {max_bytes}")
+        raise FileRefused(f"{path.name} is {info.st_size} bytes, over the limit of {max_bytes} bytes")
