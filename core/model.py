@@ -25,7 +25,7 @@ from capserve.core.runtime import Runtime
 from capserve.core.spec import ModelSpec, SpecError
 from capserve.core.steps import Catalog
 from capserve.core.chain import ChainError, InputShape, Postprocessor, Preprocessor, compile_postprocess, compile_preprocess
-from capserve.core.images import DEFAULT_LIMITS, ImageLimits
+from capserve.core.images import DEFAULT_LIMITS, ImageLimits, open_image, pixels_to_decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +83,18 @@ class Model:
         with contextlib.suppress(CapserveError):  # e.g. PNG not among the accepted formats
             self.recognize(_blank_png(self.spec.width, self.spec.height))
 
-    def recognize(self, data: bytes) -> Recognition:
+    def open(self, data: bytes) -> Image.Image:
+        """Read the image's header and check it against the limits; decodes nothing."""
+        return open_image(data, self.limits)
+
+    def decode_cost(self, image: Image.Image) -> int:
+        """The pixels recognizing the opened ``image`` decodes (every frame for a frames chain)."""
+        return pixels_to_decode(image, self.preprocess.wants_frames)
+
+    def recognize(self, data: bytes, image: Image.Image | None = None) -> Recognition:
+        """Recognize ``data``; ``image``: ``data`` as ``open`` returned it."""
         t0 = time.perf_counter()
-        image = self.preprocess.decode(data, self.limits)
+        image = self.preprocess.decode(data, self.limits, image)
         t1 = time.perf_counter()
         try:
             tensor = self.preprocess.tensor(image)
@@ -97,7 +106,8 @@ class Model:
         except CapserveError:
             raise
         except Exception as exc:  # a plugin or the interpreter failed on this one request
-            raise RecognitionFailed(f"{self.spec.site} v{self.spec.version}: {type(exc).__name__}: {exc}") from exc
+            # The cause stays chained for the transport to log; its text is not for clients.
+            raise RecognitionFailed(f"{self.spec.site} v{self.spec.version}: recognition failed") from exc
         t4 = time.perf_counter()
         return Recognition(
             text=text,

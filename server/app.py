@@ -1,12 +1,16 @@
 """The Starlette app: routes over the registry and the recognition core.
 
 Recognition runs inline on the event loop: it takes well under a millisecond for captcha
-models, less than a hop to a thread pool would cost. Scale with worker processes.
+models, less than a hop to a thread pool would cost. Scale with worker processes. Only an
+image whose decoding could take more than a few ms goes to a small thread pool
+(``server/offload.py``). Every recognize answer carries ``X-Request-ID``; an unexpected error is
+logged with it and answered with it, never with its text.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -22,10 +26,13 @@ from capserve.plugins import manager
 from capserve.server.metrics import Metrics
 from capserve.server.openapi import openapi_schema
 from capserve.server.access import Access
+from capserve.server import offload, request_id
 from capserve.server.errors import HTTPError
 from capserve.server.parsing import image_bytes, read_body, wants_details
 from capserve.server.responses import FastJSONResponse, error_response
 from capserve.server.settings import Settings
+
+log = logging.getLogger("capserve.server")
 
 
 def create_app(
@@ -46,6 +53,7 @@ def create_app(
     async def recognize(request: Request) -> Response:
         started = time.perf_counter()
         site = request.path_params["site"]
+        rid = request_id.request_id(request.headers)
         served = None
         try:
             if access.enabled:
@@ -59,11 +67,15 @@ def create_app(
             model = registry.get(site)
             served = site
             data = await image_bytes(request, body, settings.max_body_bytes)
-            result = model.recognize(data)
+            result = await offload.recognize(model, data)
+        except RecognitionFailed as exc:  # a plugin or the interpreter raised: logged, never shown
+            log.error("request %s: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
+            response = error_response(RecognitionFailed(f"{exc.message} (request id {rid})"))
         except CapserveError as exc:
             response = error_response(exc)
-        except Exception as exc:  # never let one request take the worker down
-            response = error_response(RecognitionFailed(f"{type(exc).__name__}: {exc}"))
+        except Exception:  # never let one request take the worker down, nor show its internals
+            log.exception("request %s failed", rid)
+            response = error_response(CapserveError(f"internal error (request id {rid})"))
         else:
             answer = {
                 "ok": True,
@@ -77,6 +89,7 @@ def create_app(
                 answer.update(result.details())
             response = FastJSONResponse(answer)
         metrics.observe(served, response.status_code, time.perf_counter() - started)
+        response.headers[request_id.HEADER] = rid
         return response
 
     def protected(handler):
