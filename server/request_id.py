@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 HEADER = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -11,4 +11,4 @@ _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def request_id(headers) -> str:
     given = headers.get(HEADER, "")
-    return given if _SANE.fullmatch(given) else uuid.uuid4().hex
+    return given if _SANE.fullmatch(given) else os.urandom(16).hex()
