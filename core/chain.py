@@ -50,8 +50,6 @@ def parse_item(item: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _bind(chain: str, items: Sequence[Any], catalog: Mapping[str, Step]) -> list[tuple[Step, dict[str, Any]]]:
-    if items is None:
-        return []
     if not isinstance(items, list):
         raise ChainError(chain, 0, "?", "must be a list of steps")
     bound = []

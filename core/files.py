@@ -13,7 +13,6 @@ import stat
 from pathlib import Path
 
 MAX_MODEL_BYTES = 64 << 20
-MAX_YAML_BYTES = 1 << 20
 
 
 class FileRefused(ValueError):
@@ -34,7 +33,7 @@ def read_regular(path: Path, *, max_bytes: int, inside: Path | None = None) -> b
         _check(os.fstat(fd), path, max_bytes)
         data = file.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise FileRefused(f"{path.name} is over the limit of {max_bytes} bytes")
+        raise FileRefused(f"{path.name} is larger than {max_bytes} bytes")
     return data
 
 
@@ -42,4 +41,4 @@ def _check(info: os.stat_result, path: Path, max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise FileRefused(f"{path.name} is not a regular file")
     if info.st_size > max_bytes:
-        raise FileRefused(f"{path.name} is {info.st_size} bytes, over the limit of {max_bytes} bytes")
+        raise FileRefused(f"{path.name} is {info.st_size} bytes, larger than {max_bytes} bytes")

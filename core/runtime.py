@@ -7,14 +7,13 @@ uvicorn worker running each request on its event loop) one interpreter serves ev
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-DEFAULT_THREADS = int(os.environ.get("CAPSERVE_INTERPRETER_THREADS", "1"))
+from capserve.core import settings
 
 
 class RuntimeLoadError(ValueError):
@@ -42,7 +41,9 @@ class _Session:
 class Runtime:
     """A pool of interpreters over one ``.tflite`` file."""
 
-    def __init__(self, content: bytes, *, num_threads: int = DEFAULT_THREADS, max_interpreters: int = 8) -> None:
+    def __init__(self, content: bytes, *, num_threads: int | None = None, max_interpreters: int = 8) -> None:
+        """``num_threads``: LiteRT threads per interpreter (default: ``CAPSERVE_INTERPRETER_THREADS``)."""
+        num_threads = num_threads or settings.current().interpreter_threads
         self._content = content
         self._num_threads = num_threads
         self._max = max_interpreters

@@ -13,7 +13,6 @@ Verdicts are cached by the file's SHA-256 (and the memory limit), so a rescan ne
 from __future__ import annotations
 
 import hashlib
-import os
 import resource
 import select
 import signal
@@ -56,10 +55,9 @@ def _remember(digest: str, verdict: str | None) -> None:
 def _run_child(contents: list[bytes], timeout: float, memory: int) -> tuple[list[str | None], bool]:
     """Answers for a prefix of ``contents`` and whether the child then hung: a child that dies
     on file k answers the files before k and then why it died."""
-    env = {**os.environ, "CAPSERVE_PROOF_MEMORY": str(memory)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "capserve.model_registry.proof"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        [sys.executable, "-m", "capserve.model_registry.proof", str(memory)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
     answers: list[str | None] = []
     try:
@@ -109,8 +107,7 @@ def _read_exact(stream, n: int) -> bytes:
     return data
 
 
-def _child() -> None:
-    memory = int(os.environ.get("CAPSERVE_PROOF_MEMORY", MEMORY_BYTES))
+def _child(memory: int) -> None:
     contents = []
     stdin = sys.stdin.buffer
     while header := stdin.read(8):
@@ -140,4 +137,4 @@ def _child() -> None:
 
 
 if __name__ == "__main__":
-    _child()
+    _child(int(sys.argv[1]))

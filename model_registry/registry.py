@@ -13,17 +13,18 @@ they started with, so swapping never disturbs one in flight.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
-import os
 import threading
-import time
 from pathlib import Path
 from typing import Iterable
 
 from capserve.core.errors import ModelUnavailable, UnknownSite
 from capserve.core.model import Model, read_model
 from capserve.core.runtime import RuntimeLoadError
+from capserve.core.settings import Settings, current
 from capserve.core.spec import ENTRY_FILE, SITE_PATTERN, ModelSpec, SpecError, load_spec
 from capserve.core.images import DEFAULT_LIMITS, ImageLimits
 from capserve.model_registry import proof
@@ -33,16 +34,14 @@ log = logging.getLogger("capserve.registry")
 
 BUNDLED = Path(__file__).parent / "bundled"
 _PACKAGED = BUNDLED.resolve()
-ENV_VAR = "CAPSERVE_REGISTRY"
 
 AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
 UNLOADED = "UNLOADED"  # lazy mode: the YAML is valid, the model loads on the site's first request
 
 
-def default_roots() -> list[Path]:
-    """Folders from ``$CAPSERVE_REGISTRY`` (``os.pathsep``-separated), else the bundled entries."""
-    value = os.environ.get(ENV_VAR, "")
-    return [Path(p) for p in value.split(os.pathsep) if p] or [BUNDLED]
+def default_roots(settings: Settings | None = None) -> list[Path]:
+    """The settings' folders (``$CAPSERVE_REGISTRY``, ``os.pathsep``-separated), else the bundled entries."""
+    return list((settings or current()).registry) or [BUNDLED]
 
 
 @dataclasses.dataclass
@@ -56,7 +55,6 @@ class Entry:
     site: str | None = None
     version: int | None = None
     model: Model | None = None  # the last copy that loaded; serves even while state is FAILED
-    loaded_at: float | None = None
     shadowed_by: Path | None = None  # FAILED only because this entry serves the same site and version
 
     def describe(self) -> dict:
@@ -117,23 +115,52 @@ class Registry:
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._pending: dict[str, concurrent.futures.Future] = {}
+        self._pending_lock = threading.Lock()
+        self._loader: concurrent.futures.ThreadPoolExecutor | None = None
         self.ready = False
 
     # -- serving ----------------------------------------------------------------------------
 
-    def get(self, site: str) -> Model:
-        """The model serving ``site``; ``UnknownSite`` (404) if there is none."""
+    def get(self, site: str, *, wait: float = 0.0) -> Model:
+        """The model serving ``site``: ``UnknownSite`` if there is none, ``ModelUnavailable``
+        while it loads. In lazy mode the first call for a site starts loading it in a
+        background thread (``loading`` gives the future to wait on); a caller that may block
+        (a thread, the CLI) can pass ``wait`` seconds to wait for it instead."""
         model = self._serving.get(site)
         if model is not None:
             return model
         if not SITE_PATTERN.match(site):
             raise UnknownSite(f"no model is registered for site {site[:64]!r}")
-        if self.lazy and self._load_site(site):
+        entries = [e for e in list(self._entries.values()) if e.site == site]
+        future = self._pending.get(site)
+        if future is None and self.lazy and any(e.state in (UNLOADED, LOADING) for e in entries):
+            future = self._load_later(site)  # the one under way (it may have started, not yet listed), or a new one
+        if future is not None:
+            if wait > 0:
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    future.result(timeout=wait)
+            if not future.done():
+                raise ModelUnavailable(f"the model for site {site!r} is loading")
+        if site in self._serving:  # published while we looked, or by the load just done
             return self._serving[site]
-        for entry in list(self._entries.values()):
-            if entry.site == site and entry.state == LOADING:
-                raise ModelUnavailable(f"the model for site {site!r} is still loading")
+        if any(e.state in (LOADING, UNLOADED) for e in list(self._entries.values()) if e.site == site):
+            raise ModelUnavailable(f"the model for site {site!r} is still loading")
         raise UnknownSite(f"no model is registered for site {site!r}")
+
+    def loading(self, site: str) -> concurrent.futures.Future | None:
+        """The lazy load of ``site`` under way, if any."""
+        return self._pending.get(site)
+
+    def _load_later(self, site: str) -> concurrent.futures.Future:
+        with self._pending_lock:
+            future = self._pending.get(site)
+            if future is None:
+                if self._loader is None:
+                    self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capserve-lazy-load")
+                future = self._pending[site] = self._loader.submit(self._load_site, site)
+                future.add_done_callback(lambda _: self._pending.pop(site, None))
+        return future
 
     def serving(self, site: str) -> Model | None:
         """The model serving ``site`` now, or None."""
@@ -211,7 +238,7 @@ class Registry:
             except Exception as exc:  # a broken entry must never take the others down
                 _fail(entry, f"{entry.path}: {type(exc).__name__}: {exc}", trace=True)
                 continue
-            entry.model, entry.state, entry.loaded_at = model, AVAILABLE, time.time()
+            entry.model, entry.state = model, AVAILABLE
             log.info("loaded %s v%s from %s", spec.site, spec.version, entry.path)
 
     def _stage(self, entry: Entry, spec_only: bool) -> tuple[Entry, ModelSpec, bytes] | None:
@@ -288,3 +315,6 @@ class Registry:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
             self._watcher = None
+        if self._loader is not None:
+            self._loader.shutdown(wait=False, cancel_futures=True)
+            self._loader = None

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import sys
 from typing import Any
 
 import pluggy
 
-from capserve.core import chain
+from capserve.core import chain, settings
 from capserve.core.chain import InputShape, Postprocessor, Preprocessor
 from capserve.core.steps import Catalog
 from capserve.plugins import hookspecs
@@ -33,11 +32,12 @@ BUILTIN_PLUGINS = (
 pm = pluggy.PluginManager("capserve")
 pm.add_hookspecs(hookspecs)
 
-if os.environ.get("CAPSERVE_TRACE_PLUGINS", "") not in ("", "0"):
+_settings = settings.current()
+if _settings.trace_plugins:
     pm.trace.root.setwriter(lambda message: print(message, end="", file=sys.stderr))
     pm.enable_tracing()
 
-if os.environ.get("CAPSERVE_LOAD_PLUGINS", "1") != "0":
+if _settings.load_plugins:
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
 
 for _name in BUILTIN_PLUGINS:

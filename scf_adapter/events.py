@@ -35,9 +35,10 @@ import base64
 import binascii
 import dataclasses
 import json
-import os
 import urllib.parse
 from typing import Any, Iterable
+
+from capserve.core import settings
 
 TENCENT_APIGW, TENCENT_URL, AWS_V1, AWS_V2 = "tencent-apigw", "tencent-url", "aws-v1", "aws-v2"
 HTTP_KINDS = (TENCENT_APIGW, TENCENT_URL, AWS_V1, AWS_V2)
@@ -212,7 +213,7 @@ def _strip_prefix(path: str, prefix: str) -> str:
 def _strip_base(path: str) -> str:
     if not path.startswith("/"):
         path = "/" + path
-    return _strip_prefix(path, os.environ.get("CAPSERVE_BASE_PATH", ""))
+    return _strip_prefix(path, settings.current().base_path)
 
 
 def _json_bytes(doc: Any) -> bytes:

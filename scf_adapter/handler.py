@@ -21,22 +21,21 @@ Plus every ``capserve serve`` setting (``CAPSERVE_MAX_BODY_BYTES``, API keys...)
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 from capserve.scf_adapter import adapter
 from capserve.server.app import create_app, registry_from_settings
-from capserve.server.settings import Settings
+from capserve.server.settings import current
 
 log = logging.getLogger("capserve.scf")
 
-settings = Settings()
+settings = current()
 registry = registry_from_settings(settings)
 registry.refresh()
 app = create_app(registry, settings, watch=False)
 
-_refresh_interval = float(os.environ.get("CAPSERVE_SCF_REFRESH_INTERVAL", "0") or 0)
+_refresh_interval = settings.scf_refresh_interval
 _last_refresh = time.monotonic()
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from capserve.core import settings
+
 SCF_LIMIT_BYTES = 500 * 1024 * 1024  # SCF: code package at most 500 MB unzipped
 SIZE_GOAL_BYTES = 150 * 1024 * 1024
 SERVING_PACKAGES = ("core", "plugins", "model_registry", "server", "scf_adapter")
@@ -51,6 +53,8 @@ SERVING_REQUIREMENTS = (
     "python-multipart>=0.0.9",
     "prometheus-client>=0.20",
     "orjson>=3.9",
+    "pydantic>=2.7",
+    "pydantic-settings>=2.7",
 )
 # Dependencies of capserve that the package leaves out: uvicorn's speed-ups under sustained load
 # on a long-lived server. An event function never runs uvicorn, and the web bootstrap's uvicorn
@@ -64,7 +68,6 @@ SCF_RUNTIMES = {
 }
 # Versions that build (for local tests, or runtimes SCF may add) but are no documented SCF runtime.
 OTHER_PYTHONS = ("3.11", "3.12", "3.13")
-DEFAULT_WHEELHOUSE = Path(os.environ.get("CAPSERVE_WHEELHOUSE", Path.home() / ".cache" / "capserve" / "wheels"))
 
 INDEX_PY = '''"""SCF event-function entry: handler ``index.main_handler`` (written by capserve scf package)."""
 from capserve.scf_adapter.handler import main_handler  # noqa: F401  (loads the registry at import)
@@ -84,7 +87,7 @@ class Options:
     python: str = "3.10"
     trigger: str = "http"  # http (function URL) | apigw
     glibc: str = "2.17"
-    wheelhouse: Path = DEFAULT_WHEELHOUSE
+    wheelhouse: Path = dataclasses.field(default_factory=lambda: settings.current().wheelhouse)
     offline: bool = False
     compile: bool = True
     compile_with: str | None = None  # an interpreter of the target version (default: this one or pythonX.Y)

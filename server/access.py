@@ -25,13 +25,14 @@ import dataclasses
 import hashlib
 import hmac
 import math
-import os
 import threading
 import time
 from pathlib import Path
 
 import yaml
 
+from capserve.core import yamlfile
+from capserve.core.settings import Settings
 from capserve.server.errors import HTTPError
 
 
@@ -49,6 +50,9 @@ class RateLimited(HTTPError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after))
+
+
+MAX_KEYS_FILE_BYTES = 1024 * 1024
 
 
 def digest(key: str) -> bytes:
@@ -83,24 +87,25 @@ class TokenBucket:
             return (1 - self.tokens) / self.rate
 
 
-def load_keys(env: dict[str, str] | None = None) -> list[ApiKey]:
-    env = os.environ if env is None else env
+def load_keys(settings: Settings) -> list[ApiKey]:
+    """The keys of ``CAPSERVE_API_KEYS`` and ``CAPSERVE_API_KEYS_FILE``."""
     keys = [
         ApiKey(name=f"env-key-{i + 1}", sha256=digest(k.strip()))
-        for i, k in enumerate(env.get("CAPSERVE_API_KEYS", "").split(","))
+        for i, k in enumerate((settings.api_keys or "").split(","))
         if k.strip()
     ]
-    path = env.get("CAPSERVE_API_KEYS_FILE")
-    if path:
-        keys.extend(_keys_from_file(Path(path)))
+    if settings.api_keys_file:
+        keys.extend(_keys_from_file(settings.api_keys_file))
     return keys
 
 
 def _keys_from_file(path: Path) -> list[ApiKey]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = yamlfile.read(path, MAX_KEYS_FILE_BYTES) or {}
     except OSError as exc:
         raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: {exc.strerror or exc}") from None
+    except (yamlfile.FileTooLarge, yamlfile.YAMLLimitError, UnicodeDecodeError) as exc:
+        raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"CAPSERVE_API_KEYS_FILE {path}: not valid YAML: {exc}") from None
     items = doc.get("keys") if isinstance(doc, dict) else None
@@ -157,14 +162,12 @@ class Access:
         self._seen_lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Access":
-        env = os.environ if env is None else env
-        secret = env.get("CAPSERVE_HMAC_SECRET")
+    def from_settings(cls, settings: Settings) -> "Access":
         return cls(
-            load_keys(env),
-            hmac_secret=secret.encode() if secret else None,
-            hmac_window=float(env.get("CAPSERVE_HMAC_WINDOW", "300")),
-            protect_status=env.get("CAPSERVE_PUBLIC_STATUS", "0") in ("", "0"),
+            load_keys(settings),
+            hmac_secret=settings.hmac_secret.encode() if settings.hmac_secret else None,
+            hmac_window=settings.hmac_window,
+            protect_status=not settings.public_status,
         )
 
     @property

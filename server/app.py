@@ -1,14 +1,17 @@
 """The Starlette app: routes over the registry and the recognition core.
 
 Recognition runs inline on the event loop: it takes well under a millisecond for captcha
-models, less than a hop to a thread pool would cost. Scale with worker processes. Only an
-image whose decoding could take more than a few ms goes to a small thread pool
-(``server/offload.py``). Every recognize answer carries ``X-Request-ID``; an unexpected error is
-logged with it and answered with it, never with its text.
+models, less than a hop to a thread pool would cost. Scale with worker processes. Each
+endpoint is a plain function that finds what it needs on ``request.app.state``: the
+registry, the settings, the access rules and the metrics. Only an image whose decoding could
+take more than a few ms goes to a small thread pool (``server/offload.py``). Every recognize
+answer carries ``X-Request-ID``; an unexpected error is logged with it and answered with it,
+never with its text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,19 +23,150 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from capserve.core.errors import CapserveError, RecognitionFailed, UnknownSite
-from capserve.model_registry.registry import Registry
+from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFailed, UnknownSite
+from capserve.core.model import Model
+from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
+from capserve.server import offload, request_id
+from capserve.server.access import Access
+from capserve.server.errors import HTTPError
 from capserve.server.metrics import Metrics
 from capserve.server.openapi import openapi_schema
-from capserve.server.access import Access
-from capserve.server import offload, request_id
-from capserve.server.errors import HTTPError
 from capserve.server.parsing import image_bytes, read_body, wants_details
 from capserve.server.responses import FastJSONResponse, error_response
-from capserve.server.settings import Settings
+from capserve.server.settings import Settings, current
 
 log = logging.getLogger("capserve.server")
+
+LAZY_WAIT_SECONDS = 30.0
+"""How long a request waits for its site's model to load in lazy mode before answering 503."""
+
+
+async def serving_model(registry: Registry, site: str) -> Model:
+    """The model for ``site``; in lazy mode a first request waits for the load, which runs in
+    a thread, so the event loop goes on answering every other request meanwhile."""
+    try:
+        return registry.get(site)
+    except ModelUnavailable:
+        future = registry.loading(site)
+        if future is None:
+            raise
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), LAZY_WAIT_SECONDS)
+    except asyncio.TimeoutError:
+        raise ModelUnavailable(f"the model for site {site!r} is still loading; try again shortly") from None
+    return registry.get(site)
+
+
+async def recognize(request: Request) -> Response:
+    started = time.perf_counter()
+    state = request.app.state
+    access: Access = state.access
+    settings: Settings = state.settings
+    site = request.path_params["site"]
+    rid = request_id.request_id(request.headers)
+    served = None
+    try:
+        if access.enabled:
+            access.check_key(request.headers, site)
+        body = await read_body(request, settings.max_body_bytes) if request.method == "POST" else b""
+        if access.hmac_secret is not None:
+            access.check_signature(request.headers, request.method, request.url.path, request.url.query, body)
+        details = wants_details(request)
+        model = await serving_model(state.registry, site)
+        served = site
+        data = await image_bytes(request, body, settings.max_body_bytes)
+        result = await offload.recognize(model, data)
+    except RecognitionFailed as exc:  # a plugin or the interpreter raised: logged, never shown
+        log.error("request %s: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
+        response = error_response(RecognitionFailed(f"{exc.message} (request id {rid})"))
+    except CapserveError as exc:
+        response = error_response(exc)
+    except Exception:  # never let one request take the worker down, nor show its internals
+        log.exception("request %s failed", rid)
+        response = error_response(CapserveError(f"internal error (request id {rid})"))
+    else:
+        answer = {
+            "ok": True,
+            "site": site,
+            "version": model.spec.version,
+            "text": result.text,
+            "confidence": round(result.confidence, 4),
+            "elapsed_ms": round((time.perf_counter() - started) * 1e3, 3),
+        }
+        if details:
+            answer.update(result.details())
+        response = FastJSONResponse(answer)
+    state.metrics.observe(served, response.status_code, time.perf_counter() - started)
+    response.headers[request_id.HEADER] = rid
+    return response
+
+
+def refused(request: Request) -> Response | None:
+    """Status endpoints need a key when keys are on (unless CAPSERVE_PUBLIC_STATUS=1)."""
+    access: Access = request.app.state.access
+    if access.keys and access.protect_status:
+        try:
+            access.check_key(request.headers, None)
+        except CapserveError as exc:
+            return error_response(exc)
+    return None
+
+
+async def list_models(request: Request) -> Response:
+    registry = request.app.state.registry
+    return refused(request) or FastJSONResponse({"models": [site_status(registry, s) for s in all_sites(registry)]})
+
+
+async def model_status(request: Request) -> Response:
+    registry, site = request.app.state.registry, request.path_params["site"]
+    if (denied := refused(request)) is not None:
+        return denied
+    if site not in all_sites(registry):
+        return error_response(UnknownSite(f"no model is registered for site {site[:64]!r}"))
+    return FastJSONResponse(site_status(registry, site))
+
+
+async def list_plugins(request: Request) -> Response:
+    return refused(request) or FastJSONResponse({"plugins": manager.list_plugins()})
+
+
+async def prometheus(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return refused(request) or Response(metrics.render(), media_type=metrics.content_type)
+
+
+async def healthz(request: Request) -> Response:
+    return FastJSONResponse({"ok": True})
+
+
+async def readyz(request: Request) -> Response:
+    registry = request.app.state.registry
+    ready = registry.ready and bool(registry.sites())
+    return FastJSONResponse({"ok": ready, "sites": registry.sites()}, status_code=200 if ready else 503)
+
+
+async def openapi(request: Request) -> Response:
+    return FastJSONResponse(openapi_schema())
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    response = error_response(HTTPError(exc.detail, code=codes.get(exc.status_code, "http_error"), status=exc.status_code))
+    response.headers.update(exc.headers or {})  # Allow, on a 405
+    return response
+
+
+ROUTES = [
+    Route("/recognize/{site}", recognize, methods=["GET", "POST"]),
+    Route("/v1/models", list_models),
+    Route("/v1/models/{site}", model_status),
+    Route("/v1/plugins", list_plugins),
+    Route("/healthz", healthz),
+    Route("/readyz", readyz),
+    Route("/metrics", prometheus),
+    Route("/openapi.json", openapi),
+]
 
 
 def create_app(
@@ -44,96 +178,8 @@ def create_app(
 ) -> Starlette:
     """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up;
     without ``access`` keys and signing are read from the environment (off when unset)."""
-    settings = settings or Settings()
-    access = access if access is not None else Access.from_env()
-    if registry is None:
-        registry = registry_from_settings(settings)
-    metrics = Metrics(registry)
-
-    async def recognize(request: Request) -> Response:
-        started = time.perf_counter()
-        site = request.path_params["site"]
-        rid = request_id.request_id(request.headers)
-        served = None
-        try:
-            if access.enabled:
-                access.check_key(request.headers, site)
-            body = await read_body(request, settings.max_body_bytes) if request.method == "POST" else b""
-            if access.hmac_secret is not None:
-                access.check_signature(
-                    request.headers, request.method, request.url.path, request.url.query, body
-                )
-            details = wants_details(request)
-            model = registry.get(site)
-            served = site
-            data = await image_bytes(request, body, settings.max_body_bytes)
-            result = await offload.recognize(model, data)
-        except RecognitionFailed as exc:  # a plugin or the interpreter raised: logged, never shown
-            log.error("request %s: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
-            response = error_response(RecognitionFailed(f"{exc.message} (request id {rid})"))
-        except CapserveError as exc:
-            response = error_response(exc)
-        except Exception:  # never let one request take the worker down, nor show its internals
-            log.exception("request %s failed", rid)
-            response = error_response(CapserveError(f"internal error (request id {rid})"))
-        else:
-            answer = {
-                "ok": True,
-                "site": site,
-                "version": model.spec.version,
-                "text": result.text,
-                "confidence": round(result.confidence, 4),
-                "elapsed_ms": round((time.perf_counter() - started) * 1e3, 3),
-            }
-            if details:
-                answer.update(result.details())
-            response = FastJSONResponse(answer)
-        metrics.observe(served, response.status_code, time.perf_counter() - started)
-        response.headers[request_id.HEADER] = rid
-        return response
-
-    def protected(handler):
-        """Status endpoints need a key when keys are on (unless CAPSERVE_PUBLIC_STATUS=1)."""
-
-        async def guarded(request: Request) -> Response:
-            if access.keys and access.protect_status:
-                try:
-                    access.check_key(request.headers, None)
-                except CapserveError as exc:
-                    return error_response(exc)
-            return await handler(request)
-
-        return guarded
-
-    async def list_models(request: Request) -> Response:
-        return FastJSONResponse({"models": [_site_status(registry, site) for site in _all_sites(registry)]})
-
-    async def model_status(request: Request) -> Response:
-        site = request.path_params["site"]
-        if site not in _all_sites(registry):
-            return error_response(UnknownSite(f"no model is registered for site {site[:64]!r}"))
-        return FastJSONResponse(_site_status(registry, site))
-
-    async def list_plugins(request: Request) -> Response:
-        return FastJSONResponse({"plugins": manager.list_plugins()})
-
-    async def healthz(request: Request) -> Response:
-        return FastJSONResponse({"ok": True})
-
-    async def readyz(request: Request) -> Response:
-        ready = registry.ready and bool(registry.sites())
-        return FastJSONResponse({"ok": ready, "sites": registry.sites()}, status_code=200 if ready else 503)
-
-    async def prometheus(request: Request) -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
-    async def openapi(request: Request) -> Response:
-        return FastJSONResponse(openapi_schema())
-
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        error = HTTPError(exc.detail, code=codes.get(exc.status_code, "http_error"), status=exc.status_code)
-        return error_response(error)
+    settings = settings or current()
+    registry = registry if registry is not None else registry_from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -143,47 +189,35 @@ def create_app(
             registry.watch(settings.watch_interval)
         yield
         registry.close()
-        metrics.close()
+        app.state.metrics.close()
 
-    app = Starlette(
-        routes=[
-            Route("/recognize/{site}", recognize, methods=["GET", "POST"]),
-            Route("/v1/models", protected(list_models)),
-            Route("/v1/models/{site}", protected(model_status)),
-            Route("/v1/plugins", protected(list_plugins)),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", protected(prometheus)),
-            Route("/openapi.json", openapi),
-        ],
-        exception_handlers={HTTPException: http_error},
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
+    app.state.access = access if access is not None else Access.from_settings(settings)
+    app.state.metrics = Metrics(registry)
     return app
 
 
 def registry_from_settings(settings: Settings) -> Registry:
     """The registry ``settings`` describe (folders, image limits, lazy loading), not yet loaded."""
-    return Registry(settings.registry or None, limits=settings.image_limits, lazy=settings.lazy)
+    return Registry(default_roots(settings), limits=settings.image_limits, lazy=settings.lazy)
 
 
-def _all_sites(registry: Registry) -> list[str]:
+def all_sites(registry: Registry) -> list[str]:
     return sorted({e.site for e in registry.entries() if e.site} | set(registry.sites()))
 
 
-def _site_status(registry: Registry, site: str) -> dict[str, Any]:
+def site_status(registry: Registry, site: str) -> dict[str, Any]:
     """TF-Serving-like status: the serving version's metadata and every version's state."""
-    try:
-        serving = registry.get(site)
-    except CapserveError:
-        serving = None
+    serving = registry.serving(site)
     versions = [entry.describe() for entry in registry.site_entries(site)]
     if serving is not None:
         state = "AVAILABLE"
+    elif any(v["state"] in ("LOADING", "UNLOADED") for v in versions):
+        state = "LOADING" if any(v["state"] == "LOADING" for v in versions) else "UNLOADED"
     else:
-        state = "LOADING" if any(v["state"] == "LOADING" for v in versions) else "FAILED"
+        state = "FAILED"
     out: dict[str, Any] = {"site": site, "state": state, "versions": versions}
     if serving is not None:
         out.update(serving.describe())

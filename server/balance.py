@@ -38,6 +38,7 @@ import socket
 from pathlib import Path
 from typing import Callable
 
+from capserve.core import settings
 from capserve.server import accept
 
 BALANCE_DIR_ENV = "CAPSERVE_BALANCE_DIR"
@@ -234,8 +235,8 @@ def join(protocol_factory: Callable[[], asyncio.Protocol], loop: asyncio.Abstrac
     if _joined:
         return _balancer
     _joined = True
-    folder = os.environ.get(BALANCE_DIR_ENV)
-    if not folder or os.environ.get("CAPSERVE_BALANCE", "1") == "0":
+    folder = settings.current().balance_dir
+    if not folder or not settings.current().balance:
         return None
 
     try:

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from capserve.core import settings
 from capserve.core.errors import CapserveError
 
 # Packages that add subcommands: each has ``add_parsers(subparsers)``. A missing optional
@@ -53,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with workers.shared_state(args.workers):
         # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
         # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
-        shared_socket = os.environ.get("CAPSERVE_REUSE_PORT", "1") == "0"
+        shared_socket = not settings.current().reuse_port
         workers.run(uvicorn.Config("capserve.server.app:create_app", **options), shared_socket=shared_socket)
     return 0
 
@@ -62,11 +63,9 @@ def _settings_problem() -> str | None:
     """What is wrong with the environment's settings, found before any worker starts (a worker
     that fails on them would be restarted over and over by uvicorn's supervisor)."""
     from capserve.server.access import Access
-    from capserve.server.settings import Settings
 
     try:
-        Settings()
-        Access.from_env()  # an unreadable or invalid keys file is a ValueError naming it
+        Access.from_settings(settings.current())  # an unreadable or invalid keys file is a ValueError naming it
     except (OSError, ValueError) as exc:
         return str(exc)
     return None
@@ -122,6 +121,30 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings.markdown_table())
+        return 0
+    values = settings.current()
+    for name in type(values).model_fields:
+        value = getattr(values, name)
+        if name in settings.SECRETS and value:
+            value = "(set)"
+        elif isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, tuple):
+            value = (os.pathsep if name == "registry" else ",").join(map(str, value))
+        print(f"{settings.env_name(name)}={'' if value is None else value}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from capserve.core.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capserve", description="Train, register and serve text-captcha recognition models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
 
+    settings_parser = sub.add_parser("settings", help="print every CAPSERVE_* setting as this environment sets it")
+    settings_parser.add_argument("--markdown", action="store_true", help="the settings table of docs/operating.md")
+    settings_parser.set_defaults(func=cmd_settings)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of model.yaml (for editors)")
+    schema.set_defaults(func=cmd_schema)
+
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -168,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CapserveError as exc:
         print(f"capserve: {exc.message}", file=sys.stderr)
+        return 2
+    except settings.SettingsError as exc:
+        print(f"capserve: {exc}", file=sys.stderr)
         return 2
 
 

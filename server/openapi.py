@@ -1,4 +1,10 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``."""
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``.
+
+Every route of ``server/app.py``, every status it can answer and the API-key schemes are
+described here; tests/test_openapi.py sends generated requests to the app and checks each
+real answer (status, content type, headers, body) against this document, so it cannot
+silently drift from the code.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from capserve.core.spec import SITE_PATTERN
 
+_STRINGS = {"type": "array", "items": {"type": "string"}}
 _ERROR = {
     "type": "object",
     "required": ["ok", "error"],
@@ -46,33 +53,122 @@ _RESULT = {
         },
     },
 }
+_VERSION = {
+    "type": "object",
+    "required": ["path", "state", "site", "version"],
+    "properties": {
+        "path": {"type": "string"},
+        "state": {"enum": ["AVAILABLE", "LOADING", "UNLOADED", "FAILED"]},
+        "site": {"type": ["string", "null"]},
+        "version": {"type": ["integer", "null"]},
+        "error": {"type": "string"},
+        "serving_version": {"type": "integer"},
+    },
+}
+_MODEL = {
+    "type": "object",
+    "required": ["site", "state", "versions"],
+    "description": "With state AVAILABLE, the serving version's metadata as well",
+    "properties": {
+        "site": {"type": "string"},
+        "state": {"enum": ["AVAILABLE", "LOADING", "UNLOADED", "FAILED"]},
+        "versions": {"type": "array", "items": {"$ref": "#/components/schemas/Version"}},
+        "version": {"type": "integer"},
+        "description": {"type": "string"},
+        "input": {
+            "type": "object",
+            "required": ["width", "height", "channels"],
+            "properties": {k: {"type": "integer"} for k in ("width", "height", "channels")},
+        },
+        "charset": {"type": "string"},
+        "decoder": {"enum": ["ctc", "fixed"]},
+        "length": {"type": "object", "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}}},
+        "preprocess": _STRINGS,
+        "postprocess": _STRINGS,
+        "model_bytes": {"type": "integer"},
+        "quantization": {"type": ["string", "null"]},
+        "training": {"type": "object"},
+    },
+}
+_PLUGIN = {
+    "type": "object",
+    "required": ["name", "origin", "version"],
+    "properties": {
+        "name": {"type": "string"},
+        "origin": {"type": "string", "description": "builtin, or the distribution that installed it"},
+        "version": {"type": ["string", "null"]},
+        "preprocess": _STRINGS,
+        "postprocess": _STRINGS,
+        "generators": _STRINGS,
+    },
+}
+_READY = {
+    "type": "object",
+    "required": ["ok", "sites"],
+    "properties": {"ok": {"type": "boolean"}, "sites": _STRINGS},
+}
+
+_STATUS_TEXT = {
+    400: "missing image, bad base64, bad JSON or form, bad parameter",
+    401: "an API key or a request signature is required, or the one sent is not valid",
+    403: "the API key may not use this site",
+    404: "unknown site",
+    413: "body or image too large",
+    415: "unsupported content type or image format",
+    422: "not a decodable image",
+    429: "too many requests for this API key (see Retry-After)",
+    500: "an unexpected error; the message says nothing of the server's internals",
+    503: "the site's model is loading",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {
-        400: "missing image, bad base64 or bad JSON",
-        404: "unknown site",
-        413: "body or image too large",
-        415: "unsupported content type or image format",
-        422: "not a decodable image",
-        503: "the site's model is loading",
-    }
-    return {str(s): _json({"$ref": "#/components/schemas/Error"}, text[s]) for s in statuses}
+    out = {}
+    for status in statuses:
+        answer = _json(_ref("Error"), _STATUS_TEXT[status])
+        if status == 429:
+            answer["headers"] = _RETRY_AFTER
+        out[str(status)] = answer
+    return out
 
 
+_SECURITY = [{}, {"apiKey": []}, {"bearer": []}]  # keys are off unless the server is given some
 _SITE = {"name": "site", "in": "path", "required": True, "schema": {"type": "string", "pattern": SITE_PATTERN.pattern}}
 _DETAILS = {"name": "details", "in": "query", "required": False, "schema": {"type": "boolean"},
             "description": "also answer raw_text, characters (with their probabilities) and timings_ms"}
-_RECOGNIZE_ERRORS = _errors(400, 404, 413, 415, 422, 503)
+_SIGNATURE = [
+    {"name": "X-Capserve-Timestamp", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "unix seconds; with request signing on (docs/security.md)"},
+    {"name": "X-Capserve-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "hex HMAC-SHA256 of the request; with request signing on"},
+]
+_RECOGNIZED = {"200": _json(_ref("Result"), "recognized"), **_errors(400, 401, 403, 404, 413, 415, 422, 429, 500, 503)}
+_STATUS_ERRORS = _errors(401, 403, 429, 500)
+
+
+def _status_endpoint(summary: str, schema: dict[str, Any], *extra: int, parameters: list | None = None) -> dict:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": _SECURITY,
+        "responses": {"200": _json(schema, "OK"), **_STATUS_ERRORS, **_errors(*extra)},
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    return {"get": operation}
 
 
 @functools.cache
 def openapi_schema() -> dict[str, Any]:
-    plain = {"200": _json({"type": "object"}, "OK")}
+    binary = {"schema": {"type": "string", "format": "binary"}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "capserve", "version": "1", "description": "Text-captcha recognition for every registered site."},
@@ -80,17 +176,20 @@ def openapi_schema() -> dict[str, Any]:
             "/recognize/{site}": {
                 "get": {
                     "summary": "Recognize a captcha given as base64 in the query string",
+                    "security": _SECURITY,
                     "parameters": [
                         _SITE,
                         {"name": "base64Image", "in": "query", "required": True, "schema": {"type": "string"},
                          "description": "the image, base64 (standard or URL-safe, padding optional) or a data URI"},
                         _DETAILS,
+                        *_SIGNATURE,
                     ],
-                    "responses": {"200": _json({"$ref": "#/components/schemas/Result"}, "recognized"), **_RECOGNIZE_ERRORS},
+                    "responses": _RECOGNIZED,
                 },
                 "post": {
                     "summary": "Recognize a captcha sent as JSON, a multipart file or raw bytes",
-                    "parameters": [_SITE, _DETAILS],
+                    "security": _SECURITY,
+                    "parameters": [_SITE, _DETAILS, *_SIGNATURE],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -98,22 +197,43 @@ def openapi_schema() -> dict[str, Any]:
                                                             "properties": {"image": {"type": "string"}}}},
                             "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
                                                                "properties": {"image": {"type": "string", "format": "binary"}}}},
-                            "image/*": {"schema": {"type": "string", "format": "binary"}},
-                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                            "image/*": binary,
+                            "application/octet-stream": binary,
                         },
                     },
-                    "responses": {"200": _json({"$ref": "#/components/schemas/Result"}, "recognized"), **_RECOGNIZE_ERRORS},
+                    "responses": _RECOGNIZED,
                 },
             },
-            "/v1/models": {"get": {"summary": "Every registered site with its status", "responses": plain}},
-            "/v1/models/{site}": {
-                "get": {"summary": "Status and metadata of one site", "parameters": [_SITE],
-                        "responses": {**plain, **_errors(404)}}
+            "/v1/models": _status_endpoint(
+                "Every registered site with its state",
+                {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": _ref("Model")}}},
+            ),
+            "/v1/models/{site}": _status_endpoint("State and metadata of one site", _ref("Model"), 404, parameters=[_SITE]),
+            "/v1/plugins": _status_endpoint(
+                "Loaded plugins and their steps",
+                {"type": "object", "required": ["plugins"], "properties": {"plugins": {"type": "array", "items": _ref("Plugin")}}},
+            ),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": _SECURITY,
+                    "responses": {
+                        "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **_STATUS_ERRORS,
+                    },
+                }
             },
-            "/v1/plugins": {"get": {"summary": "Loaded plugins and their steps", "responses": plain}},
-            "/healthz": {"get": {"summary": "The process is up", "responses": plain}},
-            "/readyz": {"get": {"summary": "Models are loaded", "responses": {**plain, "503": _json({"type": "object"}, "not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/healthz": {"get": {"summary": "The process is up", "responses": {
+                "200": _json({"type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}, "up")}}},
+            "/readyz": {"get": {"summary": "Models are loaded", "responses": {
+                "200": _json(_READY, "ready"), "503": _json(_READY, "not ready: no site serves yet")}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OK")}}},
         },
-        "components": {"schemas": {"Error": _ERROR, "Result": _RESULT}},
+        "components": {
+            "schemas": {"Error": _ERROR, "Result": _RESULT, "Model": _MODEL, "Version": _VERSION, "Plugin": _PLUGIN},
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "the same API key as a bearer token"},
+            },
+        },
     }

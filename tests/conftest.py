@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from tests import model_factory
 
 REPO = Path(__file__).resolve().parent.parent
+DEMO_EXAMPLE = REPO / "docs" / "examples" / "demo-7kp3.png"  # the bundled demo model reads "7kp3"
 
 
 @pytest.fixture(autouse=True)

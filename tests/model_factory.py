@@ -1,7 +1,8 @@
 """Build small registry entries for tests: a tiny untrained CNN-CTC model, converted to TFLite.
 
 The weights are random, so the answers are meaningless but deterministic; tests that need
-correct answers use the bundled ``demo`` entry.
+correct answers use the bundled ``demo`` entry. The default model ships as ``data/tiny.tflite``
+(made by ``tiny_tflite`` with its defaults), so serving tests need no TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ import yaml
 DEFAULT_CHARSET = "0123456789"
 
 
+SHIPPED = Path(__file__).parent / "data" / "tiny.tflite"
+
+
 def tiny_tflite(width: int = 64, height: int = 32, channels: int = 1, classes: int = 11, seed: int = 0) -> bytes:
+    if (width, height, channels, classes, seed) == (64, 32, 1, 11, 0):
+        return SHIPPED.read_bytes()
+    return build_tflite(width, height, channels, classes, seed)
+
+
+def build_tflite(width: int, height: int, channels: int, classes: int, seed: int) -> bytes:
+    """Build and convert the tiny model with TensorFlow (the ``train`` extra)."""
     import keras
     import tensorflow as tf
 

@@ -32,7 +32,7 @@ def make_client(registry, access: Access) -> TestClient:
 
 
 def test_keys_off_by_default(two_sites):
-    with make_client(two_sites, Access.from_env({})) as c:
+    with make_client(two_sites, Access.from_settings(Settings(api_keys=None, api_keys_file=None, hmac_secret=None))) as c:
         assert c.get("/recognize/tiny", params={"base64Image": IMAGE}).status_code == 200
         assert c.get("/v1/models").status_code == 200
 
@@ -81,13 +81,13 @@ def test_keys_from_env_and_file(tmp_path):
         f"  - {{name: hashed, sha256: {hashlib.sha256(b'abc').hexdigest()}, sites: [demo], rate: 5}}\n"
         "  - {name: plain, key: xyz}\n"
     )
-    keys = load_keys({"CAPSERVE_API_KEYS": "one, two", "CAPSERVE_API_KEYS_FILE": str(file)})
+    keys = load_keys(Settings(api_keys="one, two", api_keys_file=file))
     assert [k.name for k in keys] == ["env-key-1", "env-key-2", "hashed", "plain"]
     assert keys[1].sha256 == digest("two") and keys[2].sha256 == digest("abc")
     assert keys[2].sites == frozenset({"demo"}) and keys[2].rate == 5
     file.write_text("keys:\n  - {name: bad, sha256: nothex}\n")
     with pytest.raises(ValueError, match="keys\\[0\\]: sha256 must be hex"):
-        load_keys({"CAPSERVE_API_KEYS_FILE": str(file)})
+        load_keys(Settings(api_keys=None, api_keys_file=file))
 
 
 def signed_headers(secret: bytes, method: str, path: str, query: str, body: bytes, ts: float | None = None) -> dict:

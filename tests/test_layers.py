@@ -60,3 +60,21 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert violations("plugins", tmp_path) == [
         "plugins/bare.py:1 imports model_registry.registry (use capserve.model_registry.registry)"
     ]
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_only_the_capserve_namespace(tmp_path):
+    """``pip install capserve`` puts one name in site-packages: capserve (and its dist-info)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("capserve-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names} == {"capserve", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
+    packages = {name.split("/")[1] for name in names if name.startswith("capserve/") and name.endswith("/__init__.py")}
+    assert packages == set(ALLOWED)
+    assert "capserve/__init__.py" not in names  # a namespace package, so plugins may live beside it
+    assert any(name.startswith("capserve/model_registry/bundled/demo/") for name in names)

@@ -17,11 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from capserve.core.model import Model
 from capserve.model_registry.registry import AVAILABLE, UNLOADED, Registry
 from capserve.server.app import create_app
 from capserve.server.settings import Settings
 from tests import model_factory
-from tests.test_serve_process import start_server
+from tests.servers import start_server
 from tests.conftest import png_bytes
 
 N_SITES = 20
@@ -136,7 +137,7 @@ def test_lazy_registry_loads_each_site_once_under_concurrent_first_requests(many
     def first_request(i: int):
         site = SITES[i % 6]  # 4 threads race for each of 6 sites
         barrier.wait()
-        model = registry.get(site)
+        model = registry.get(site, wait=60)
         return site, model, model.recognize(IMAGES[0]).text
 
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
@@ -166,3 +167,43 @@ def test_a_two_worker_server_answers_every_site_correctly(many_registry, expecte
             with concurrent.futures.ThreadPoolExecutor(32) as pool:
                 answers = list(pool.map(ask, jobs))
         assert answers == [(site, expected[(site, k)]) for site, k in jobs]
+
+
+def test_a_lazy_load_runs_off_the_event_loop(many_registry, expected, monkeypatch):
+    """While a site's first request waits for its model, the loop answers other requests."""
+    registry = Registry([many_registry], lazy=True)
+    registry.refresh()
+    loaded = threading.Event()
+    real_warm_up = Model.warm_up
+
+    def slow_warm_up(model):
+        real_warm_up(model)
+        assert loaded.wait(30), "the other requests were not answered while the model loaded"
+
+    monkeypatch.setattr(Model, "warm_up", slow_warm_up)
+    app = create_app(registry, Settings(), watch=False)
+    finished: list[str] = []
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async def first():
+                r = await client.post(f"/recognize/{SITES[0]}", json={"image": b64(IMAGES[0])})
+                finished.append("first")
+                return r
+
+            async def others():
+                await asyncio.sleep(0.05)  # the first request has started its load
+                answers = [await client.get("/healthz") for _ in range(3)]
+                status = (await client.get(f"/v1/models/{SITES[0]}")).json()
+                finished.append("others")
+                loaded.set()
+                return answers, status
+
+            return await asyncio.gather(first(), others())
+
+    slow, (answers, status) = asyncio.run(main())
+    assert finished == ["others", "first"]
+    assert [r.status_code for r in answers] == [200] * 3
+    assert status["state"] == "LOADING"
+    assert slow.status_code == 200 and slow.json()["text"] == expected[(SITES[0], 0)]

@@ -12,7 +12,7 @@ import tomllib
 import pytest
 
 from tests.conftest import REPO
-from tests.test_serve_process import start_server
+from tests.servers import start_server
 
 README = (REPO / "README.md").read_text()
 

@@ -5,7 +5,7 @@ here) with SCF's platform constraint (manylinux2014 / glibc 2.17 wheels), which 
 ~10-30 s each: pip installs the serving dependencies from a wheelhouse (downloaded once from
 PyPI into ``~/.cache/capserve/wheels`` or ``$CAPSERVE_WHEELHOUSE``, reused offline after)
 and compiles bytecode. They are skipped when the wheels can be neither found nor downloaded,
-and with ``CAPSERVE_SKIP_SLOW=1``.
+and are left out of the fast selection (``-m "not slow"``).
 
 The site packaged is the bundled ``demo`` entry when it exists, or the ``demo`` site of
 ``$CAPSERVE_DEMO_REGISTRY`` (then the answers must be the true captcha texts), else a tiny untrained entry (then the answers must equal the in-process
@@ -38,11 +38,7 @@ from tests.conftest import REPO, png_bytes
 
 DEMO_CHARSET = "23456789abcdefghjkmpqrstuvwxy"
 DEMO_EXAMPLE = REPO / "docs" / "examples" / "demo-7kp3.png"
-SLOW = pytest.mark.skipif(
-    os.environ.get("CAPSERVE_SKIP_SLOW", "") not in ("", "0"),
-    reason="slow: builds a real deploy package (pip install of manylinux wheels from a cached wheelhouse, "
-    "bytecode compilation, a fresh interpreter); CAPSERVE_SKIP_SLOW is set",
-)
+SLOW = pytest.mark.slow  # builds a real deploy package: pip install of manylinux wheels, bytecode, a fresh interpreter
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 BASE_PYTHON = getattr(sys, "_base_executable", None) or sys.executable
 

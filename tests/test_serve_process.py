@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import os
 import socket
 import subprocess
@@ -17,44 +16,8 @@ import pytest
 
 from capserve.model_registry.registry import Registry
 from tests import model_factory
-from tests.conftest import REPO, png_bytes, stop
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def start_server(registry: Path | None, *extra: str):
-    """A ``capserve serve`` process on a free loopback port, ready; yields its base URL.
-
-    ``registry`` None serves the default registry (the bundled entries)."""
-    port = free_port()
-    env = {**os.environ, "CAPSERVE_WATCH_INTERVAL": "0.1"}
-    env.pop("CAPSERVE_REGISTRY", None)
-    argv = [sys.executable, "-m", "capserve.server.cli", "serve", "--port", str(port), "--log-level", "warning", *extra]
-    if registry is not None:
-        argv += ["--registry", str(registry)]
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read().decode()}")
-            time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready")
-        yield base
-    finally:
-        stop(proc, timeout=10)
+from tests.conftest import REPO, png_bytes
+from tests.servers import free_port, start_server
 
 
 @pytest.fixture()

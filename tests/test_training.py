@@ -32,6 +32,8 @@ from capserve.training.train import TrainConfig, fit, make_augment, parse_augmen
 
 from tests.training_helpers import BarsPlugin, bars, write_folder  # noqa: E402
 
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
 SHAPE = InputShape(64, 16, 1)
 CHAIN = datasets.default_preprocess(1)
 SPEC = "test-bars:charset=abc,min_length=2,max_length=3"

@@ -24,6 +24,8 @@ from capserve.training.metrics import align, score
 
 from tests.training_helpers import BarsPlugin, write_folder
 
+pytestmark = [pytest.mark.train]  # datasets and generators come with the train extra
+
 SHAPE = InputShape(64, 16, 1)
 CHAIN = datasets.default_preprocess(1)
 ROOT = Path(__file__).resolve().parents[1]

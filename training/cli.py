@@ -1,4 +1,4 @@
-"""``capserve train`` and ``capserve eval``.
+"""``capserve train``, ``capserve eval`` and ``capserve kaggle bundle``.
 
 ``server/cli.py`` calls ``add_parsers(subparsers)``. Nothing here imports TensorFlow at module
 level: the command functions import it when they run, so serving never loads it. Until the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -38,6 +39,21 @@ def _ints(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def duration(text: str) -> float:
+    """Seconds from ``15m``, ``90s``, ``1h30m`` or a bare number of minutes."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text)
+    if re.fullmatch(r"\s*\d+(\.\d+)?\s*", text):
+        seconds = float(text) * 60
+    elif match and any(match.groups()):
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    else:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 15m, 90s, 1h30m, or minutes)")
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the time budget must be positive")
+    return seconds
 
 
 def _fraction(text: str) -> float:
@@ -72,9 +88,10 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--charset", help="allowed characters (default: inferred from the labels / the generator's charset)")
     d.add_argument("--case", choices=("sensitive", "lower", "upper"), default="sensitive",
                    help="case of labels: keep (default), or fold to lower/upper case")
-    d.add_argument("--width", type=int, help="model input width (default: the images' width)")
-    d.add_argument("--height", type=int, help="model input height (default: the images' height)")
-    d.add_argument("--channels", type=int, choices=(1, 3, 4), default=1, help="model input channels (default 1)")
+    d.add_argument("--width", type=int, help="model input width (default: the images' aspect ratio at the chosen height)")
+    d.add_argument("--height", type=int, help="model input height (default: the images' height, at most 48)")
+    d.add_argument("--channels", type=int, choices=(1, 3, 4),
+                   help="model input channels (default: 1, or 3 where colour carries the text)")
     d.add_argument("--preprocess", type=_chain, metavar="YAML",
                    help="preprocess chain, e.g. '[grayscale, {resize: {mode: pad}}, normalize]' "
                    "(default for 1 channel: [grayscale, {resize: {mode: stretch}}, normalize])")
@@ -98,6 +115,11 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3, dest="learning_rate", help="peak learning rate (cosine decay)")
     t.add_argument("--target-accuracy", type=_fraction, help="stop once validation sequence accuracy reaches this")
     t.add_argument("--patience", type=int, help="stop after this many epochs without a better validation accuracy")
+    t.add_argument("--time-budget", type=duration, metavar="DURATION",
+                   help="wall time for the whole run (15m, 90s, 1h30m): epochs and the learning-rate schedule are "
+                        "planned from the first epoch's time; default on a CPU without --epochs: 18m")
+    t.add_argument("--discard-on-stop", dest="keep_on_stop", action="store_false",
+                   help="a run stopped by SIGTERM or Ctrl-C writes nothing (default: its best weights, marked)")
     t.add_argument("--augment", default="light",
                    help="none | light (default) | strong | key=value list of shift, rotate, zoom, noise, contrast")
     t.add_argument("--seed", type=int, default=0)
@@ -139,10 +161,37 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def add_kaggle_parser(sub) -> argparse.ArgumentParser:
+    from capserve.training.bundle import DEFAULT_GLIBC, DEFAULT_PYTHON
+
+    p = sub.add_parser("kaggle", help="make the dataset to upload to Kaggle for the training notebook")
+    kaggle = p.add_subparsers(dest="kaggle_command", required=True)
+    b = kaggle.add_parser(
+        "bundle",
+        help="write the folder (or zip) to upload as a Kaggle dataset",
+        description="Write capserve's wheel, a wheelhouse of its training dependencies for Kaggle's Python "
+        "(never TensorFlow: Kaggle's own GPU build stays), the notebook and optionally labelled images, "
+        "so that training/kaggle/train.ipynb installs capserve with the notebook's internet off.",
+    )
+    b.add_argument("--out", type=Path, required=True, metavar="DIR", help="the bundle folder to write (new or empty)")
+    b.add_argument("--data", type=Path, metavar="LABELLED_DIR", help="labelled images to include as data/")
+    b.add_argument("--zip", action="store_true", help="also write DIR.zip (the folder's contents) to upload")
+    b.add_argument("--python-version", dest="python", default=DEFAULT_PYTHON,
+                   help=f"Kaggle's Python (default {DEFAULT_PYTHON})")
+    b.add_argument("--glibc", default=DEFAULT_GLIBC,
+                   help=f"Kaggle's glibc, for the manylinux wheels (default {DEFAULT_GLIBC})")
+    b.add_argument("--interpreter", metavar="PYTHON",
+                   help="an interpreter of --python-version to resolve with (default: this one or one found)")
+    b.add_argument("--source", type=Path, metavar="DIR", help="capserve's source folder (default: this checkout)")
+    b.set_defaults(func=cmd_kaggle_bundle)
+    return b
+
+
 def add_parsers(sub) -> None:
-    """Add ``train`` and ``eval`` to the ``capserve`` subcommands."""
+    """Add ``train``, ``eval`` and ``kaggle bundle`` to the ``capserve`` subcommands."""
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_kaggle_parser(sub)
 
 
 def options_from_args(args: argparse.Namespace, argv: list[str] | None = None):
@@ -160,15 +209,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = options_from_args(args, getattr(args, "_argv", None))
     try:
         from capserve.training.export import ExportError
-        from capserve.training.pipeline import run
+        from capserve.training.pipeline import StoppedBeforeFirstEpoch, run
 
         run(options)
     except DatasetError as exc:
         print(f"capserve train: bad dataset: {exc}", file=sys.stderr)
         return 2
-    except (ExportError, FileExistsError, ValueError) as exc:
+    except (ExportError, FileExistsError, ValueError, StoppedBeforeFirstEpoch) as exc:
         print(f"capserve train: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("capserve train: interrupted; nothing written", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -195,6 +247,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(args.top), indent=1))
     else:
         print(format_result(result, args.top))
+    return 0
+
+
+def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
+    from capserve.training.bundle import BundleError, Options, bundle
+
+    options = Options(out=args.out, data=args.data, zip=args.zip, python=args.python, glibc=args.glibc,
+                      interpreter=args.interpreter, source=args.source)
+    try:
+        print(bundle(options))
+    except BundleError as exc:
+        print(f"capserve kaggle bundle: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import re
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from capserve.core import settings
 from capserve.core.decoders import DECODERS
 from capserve.core.runtime import Runtime, RuntimeLoadError
 from capserve.model_registry import proof
@@ -73,12 +73,13 @@ def convert(
     mode: str = "dynamic",
     representative: np.ndarray | None = None,
     *,
-    verbose: bool = bool(os.environ.get("CAPSERVE_VERBOSE_EXPORT")),
+    verbose: bool | None = None,
 ) -> bytes:
     """Convert ``keras_model`` (trained, any batch size) into a ``.tflite`` file with builtin ops only."""
     if mode not in MODES:
         raise ExportError(f"unknown quantization mode {mode!r}; modes: {', '.join(MODES)}")
     try:
+        verbose = settings.current().verbose_export if verbose is None else verbose
         return _convert(export_model(keras_model, config), mode, representative, verbose=verbose)
     except ExportError as exc:
         if "Flex" in str(exc):

@@ -41,10 +41,6 @@ def align(truth: str, pred: str) -> list[tuple[str, str]]:
     return pairs[::-1]
 
 
-def edit_distance(truth: str, pred: str) -> int:
-    return sum(t != p for t, p in align(truth, pred))
-
-
 @dataclasses.dataclass
 class Scores:
     samples: int

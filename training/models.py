@@ -60,12 +60,6 @@ class ModelConfig:
         out["filters"] = list(self.filters)
         return out
 
-    @classmethod
-    def from_dict(cls, doc: dict) -> "ModelConfig":
-        doc = dict(doc)
-        doc["filters"] = tuple(doc.get("filters", cls.filters))
-        return cls(**doc)
-
 
 def _conv_block(keras, x, filters: int, pool: tuple[int, int], name: str, batch_norm: bool, strides: int = 1):
     x = keras.layers.Conv2D(

@@ -17,7 +17,7 @@ import numpy as np
 
 from capserve.core.chain import ChainError, InputShape
 from capserve.plugins.manager import compile_preprocess
-from capserve.training import datasets
+from capserve.training import autoconfig, datasets
 from capserve.training.datasets import Dataset, DatasetError
 
 
@@ -38,7 +38,7 @@ class TrainOptions:
     case: str = "sensitive"
     width: int | None = None
     height: int | None = None
-    channels: int = 1
+    channels: int | None = None  # None: gray unless colour carries the text (autoconfig.colour_channels)
     preprocess: list[Any] | None = None
     postprocess: list[Any] | None = None
     workers: int | None = None
@@ -49,7 +49,9 @@ class TrainOptions:
     units: int | None = None
     batch_norm: bool = True
     # loop
-    epochs: int | None = None  # None: enough epochs for about 3,000 steps (10 to 150)
+    epochs: int | None = None  # None: enough epochs for about 3,000 steps (10 to 150), or what the budget fits
+    time_budget: float | None = None  # seconds for the whole run; None: DEFAULT_CPU_BUDGET on a CPU without --epochs
+    keep_on_stop: bool = True  # a run stopped by SIGTERM or Ctrl-C still writes its best weights, marked
     batch_size: int = 64
     learning_rate: float = 2e-3
     target_accuracy: float | None = None
@@ -71,21 +73,38 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _source_size(options: TrainOptions) -> tuple[int, int] | None:
-    """The size of the training images (for the default input size)."""
-    if options.generator:
-        _, params = datasets.parse_generator_spec(options.generator)
-        if "width" in params and "height" in params:
-            return params["width"], params["height"]
-        return None
-    from capserve.core.images import decode_image
+def _sample(options: TrainOptions, count: int = 100) -> tuple[list[np.ndarray], list[str], tuple[int, int]]:
+    """A sample of the training images as ``(H, W, 3)`` uint8 (transparency composited onto
+    white, as a browser shows it; an animation's first frame), every label the data has (a
+    generator's: of a sample), and the images' most common size ``(width, height)``."""
+    import collections
+    import random
 
-    path, _ = datasets.scan_folder(options.data, case=options.case)[0]
-    try:
-        array = decode_image(path.read_bytes())
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot be read: {exc}") from None
-    return array.shape[1], array.shape[0]
+    from PIL import Image
+
+    if options.generator:
+        generator, params = datasets.parse_generator_spec(options.generator)
+        rng = random.Random(options.seed)
+        pairs = [generator.func(rng, **params) for _ in range(max(count, 200))]
+        images, labels = [image for image, _ in pairs[:count]], [label for _, label in pairs]
+    else:
+        items = datasets.scan_folder(options.data, case=options.case)
+        labels = [label for _, label in items]
+        step = max(1, len(items) // count)
+        images = []
+        for path, _ in items[::step][:count]:
+            try:
+                images.append(Image.open(path))
+            except Exception as exc:
+                raise DatasetError(f"{path}: cannot be read: {exc}") from None
+    arrays = []
+    for image in images:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, "white")
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        arrays.append(np.asarray(flat))
+    sizes = collections.Counter((a.shape[1], a.shape[0]) for a in arrays)
+    return arrays, labels, sizes.most_common(1)[0][0]
 
 
 def _traits(options: TrainOptions) -> tuple[bool, bool]:
@@ -103,25 +122,60 @@ def _traits(options: TrainOptions) -> tuple[bool, bool]:
     return datasets.image_traits(paths)
 
 
+def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choice]]:
+    """The options with every choice the user left open made from the data, and the choices."""
+    arrays, labels, (width, height) = _sample(options)
+    max_length = max(len(label) for label in labels)
+    if options.generator:
+        _, params = datasets.parse_generator_spec(options.generator)
+        max_length = max(max_length, int(params.get("max_length", max_length)))
+    choices = []
+    changes: dict[str, Any] = {}
+    if options.width is None or options.height is None:
+        w, h, why = autoconfig.input_size(width, height, max_length)
+        changes["width"], changes["height"] = options.width or w, options.height or h
+        choices.append(autoconfig.Choice("input", f"{changes['width']}x{changes['height']}", why, "--width --height"))
+    if options.channels is None:
+        channels, why = autoconfig.colour_channels(arrays)
+        changes["channels"] = channels
+        choices.append(autoconfig.Choice("colour", "gray" if channels == 1 else "RGB", why, "--channels"))
+    if options.preprocess is None:
+        alpha, animated = _traits(options)
+        chain = datasets.default_preprocess(changes.get("channels", options.channels), alpha=alpha, animated=animated)
+        changes["preprocess"] = chain
+        if animated:
+            choices.append(autoconfig.Choice("frames", "frames_min", "animated images: each pixel's darkest value over "
+                                             "the frames, so dark text that blinks or appears in parts is whole",
+                                             "--preprocess"))
+        elif alpha:
+            choices.append(autoconfig.Choice("transparency", "flatten_alpha", "transparent images, composited onto "
+                                             "white as a browser shows them", "--preprocess"))
+    if options.postprocess is None and autoconfig.is_arithmetic(labels):
+        changes["postprocess"] = ["arithmetic"]
+        choices.append(autoconfig.Choice("answer", "arithmetic", "the labels are arithmetic (e.g. "
+                                         f"{labels[0]!r}): the model reads the expression, the entry answers its value",
+                                         "--postprocess '[]'"))
+    lengths = sorted({len(label) for label in labels})
+    choices.append(autoconfig.Choice("length", f"{lengths[0]}-{lengths[-1]}" if len(lengths) > 1 else str(lengths[0]),
+                                     "from the labels", "--decoder fixed for one length"))
+    if options.charset is None:
+        charset = "".join(sorted(set("".join(labels))))
+        choices.append(autoconfig.Choice("charset", f"{len(charset)} characters", autoconfig.case_rule(labels),
+                                         "--charset, --case"))
+    return dataclasses.replace(options, **changes), choices
+
+
 def prepare(options: TrainOptions) -> tuple[Dataset, Dataset, str, InputShape, list[Any]]:
-    """Load or generate the data and check it; everything that can fail before training does."""
+    """Load or generate the data and check it; everything that can fail before training does.
+    ``options`` are configured (``configure``): input size, channels and chain are set."""
     if (options.data is None) == (options.generator is None):
         raise DatasetError("give exactly one of --data DIR or --generator SPEC")
     if options.data is not None and not Path(options.data).is_dir():
         raise DatasetError(f"{options.data}: is not a folder")
     width, height = options.width, options.height
-    if width is None or height is None:
-        size = _source_size(options)
-        if size is None:
-            raise DatasetError("give --width and --height (the generator does not say its image size)")
-        width, height = width or size[0], height or size[1]
     shape = InputShape(width, height, options.channels)
     preprocess = options.preprocess
-    if preprocess is None:
-        alpha, animated = _traits(options)
-        preprocess = datasets.default_preprocess(options.channels, alpha=alpha, animated=animated)
-        log(f"preprocess chain: {preprocess}" + (" (animated images found)" if animated else "")
-            + (" (transparent images found)" if alpha and not animated else ""))
+    log(f"preprocess chain: {preprocess}")
     try:
         compile_preprocess(preprocess, shape)
     except ChainError as exc:
@@ -187,14 +241,54 @@ def model_config(options: TrainOptions, shape: InputShape, charset: str, max_len
 FALLBACKS = {"int8": ["dynamic", "float16", "none"], "dynamic": ["float16", "none"], "float16": ["none"], "none": []}
 
 
+DEFAULT_CPU_BUDGET = 18 * 60.0
+"""The time budget of a run on a CPU that names neither --epochs nor --time-budget."""
+BUDGET_EPOCHS = 300
+"""The most epochs a budgeted run plans (small data sets stop at a plateau long before)."""
+
+
+def export_reserve(budget: float) -> float:
+    """Seconds kept back from a budget for export, LiTeRT verification and the report."""
+    return min(60.0, 0.15 * budget)
+
+
+def plateau(budget_epochs: int) -> int:
+    """Epochs without a better validation accuracy after which a budgeted run stops."""
+    return max(5, budget_epochs // 4)
+
+
+def has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+class StoppedBeforeFirstEpoch(RuntimeError):
+    """The run was stopped before one epoch ended: no validated weights to export."""
+
+
 def auto_epochs(samples: int, batch_size: int, steps: int = 3000) -> int:
     """Epochs for about ``steps`` optimizer steps: small datasets get more passes (10 to 150)."""
     per_epoch = max(1, samples // max(1, batch_size))
     return max(10, min(150, -(-steps // per_epoch)))
 
 
-def run(options: TrainOptions) -> Path:
-    """Train, export, verify and write the entry; returns the entry folder."""
+def run(options: TrainOptions) -> Path | None:
+    """Train, export, verify and write the entry; returns the entry folder (None when a stopped
+    run was told not to keep its weights). SIGTERM or a first Ctrl-C during training stops it and
+    exports the best weights so far; during export they are noted and the export finishes."""
+    from capserve.training.train import StopRequest
+
+    started = time.monotonic()
+    stop = StopRequest()
+    stop.install()
+    try:
+        return _run(options, started, stop)
+    finally:
+        stop.restore()
+
+
+def _run(options: TrainOptions, started: float, stop) -> Path | None:
     from capserve.training import entry
     from capserve.training.export import MODES, AccuracyRefused, ExportError
 
@@ -204,6 +298,12 @@ def run(options: TrainOptions) -> Path:
     target = Path(options.out) / options.site / str(version) / "model.yaml"
     if target.exists():
         raise FileExistsError(f"{target} exists; choose another --version")
+    if (options.data is None) == (options.generator is None):
+        raise DatasetError("give exactly one of --data DIR or --generator SPEC")
+    if options.data is not None and not Path(options.data).is_dir():
+        raise DatasetError(f"{options.data}: is not a folder")
+    options, choices = configure(options)
+    log(autoconfig.table(choices))
     train, val, charset, shape, preprocess = prepare(options)
     lengths = [len(label) for label in train.labels + val.labels]
     min_length, max_length = min(lengths), max(lengths)
@@ -218,13 +318,25 @@ def run(options: TrainOptions) -> Path:
     from capserve.training.train import TrainConfig, fit, parse_augment
 
     build_model(config)  # an input too small for the model fails here, before any epoch
-    epochs = options.epochs or auto_epochs(len(train), options.batch_size)
+    budget = options.time_budget
+    if budget is None and options.epochs is None and not has_gpu():
+        budget = DEFAULT_CPU_BUDGET
+    deadline = started + budget - export_reserve(budget) if budget else None
+    epochs = options.epochs or (BUDGET_EPOCHS if deadline else auto_epochs(len(train), options.batch_size))
+    patience = options.patience
+    if patience is None and deadline is not None and options.epochs is None:
+        patience = plateau(epochs)
+    if deadline is not None:
+        log(f"time budget {budget / 60:.1f} min for the whole run: training stops "
+            f"{max(0, deadline - time.monotonic()) / 60:.1f} min from now, {export_reserve(budget):.0f} s kept for export")
     train_config = TrainConfig(
         epochs=epochs,
         batch_size=options.batch_size,
         learning_rate=options.learning_rate,
         target_accuracy=options.target_accuracy,
-        patience=options.patience,
+        patience=patience,
+        deadline=deadline,
+        stop=stop,
         augment=parse_augment(options.augment),
         seed=options.seed,
         checkpoint_dir=options.checkpoint_dir,
@@ -236,6 +348,11 @@ def run(options: TrainOptions) -> Path:
     result = fit(config, charset, train, val, train_config)
     log(f"best validation sequence accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch} "
         f"({result.seconds:.0f}s, stopped: {result.stopped})")
+    if not result.history:
+        raise StoppedBeforeFirstEpoch("stopped before the first epoch ended: there are no validated weights to export")
+    if result.stopped == "signal" and not options.keep_on_stop:
+        log("stopped: --discard-on-stop, so no entry is written")
+        return None
 
     rng = np.random.default_rng(options.seed)
     representative = train.x[rng.choice(len(train), size=min(300, len(train)), replace=False)]
@@ -273,6 +390,9 @@ def run(options: TrainOptions) -> Path:
         "epochs": len(history),
         "best_epoch": result.best_epoch,
         "stopped": result.stopped,
+        "choices": [{"setting": c.setting, "value": c.value, "why": c.why} for c in choices],
+        **({"stopped_early": True} if result.stopped == "signal" else {}),
+        **({"time_budget_s": round(budget)} if budget else {}),
         "seconds": round(result.seconds, 1),
         "seed": options.seed,
         "augment": options.augment,
@@ -308,6 +428,6 @@ def run(options: TrainOptions) -> Path:
         training=training_record,
         extra={"invoke_us (LiteRT, this machine)": round(exported.invoke_us, 1)},
     )
-    log(f"wrote {folder}")
+    log(f"wrote {folder}" + (" (stopped early: the best weights of the epochs done)" if result.stopped == "signal" else ""))
     print(json.dumps({"entry": str(folder), "accuracy": training_record["accuracy"], "bytes": exported.size}))
     return folder

@@ -1,5 +1,10 @@
 """The training loop: tf.data pipeline, augmentation, validation each epoch, early stop,
-checkpoints and resume.
+a time budget, checkpoints and resume.
+
+With a time budget (``TrainConfig.deadline``) the first epoch is timed, the number of epochs
+that fit is planned from it and the cosine learning-rate schedule is stretched over exactly
+those steps; training stops at the deadline (mid-epoch if need be), at a plateau, or when
+SIGTERM or Ctrl-C asks it to, and the best weights so far are always what ``fit`` returns.
 
 Validation decodes the Keras model's output with the *serving* decoders
 (``core.decoders``), so the accuracy printed each epoch is the accuracy the
@@ -12,7 +17,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +73,9 @@ class TrainConfig:
     resume: bool = False
     warm_start: Path | None = None  # a checkpoint folder whose best weights start a new run
     progress: str = "auto"  # bar | epoch | none | auto (bar on a terminal, epoch lines otherwise)
+    deadline: float | None = None  # time.monotonic() by which training must stop (the time budget)
+    catch_signals: bool = True  # SIGTERM and a first Ctrl-C stop training; the best weights are kept
+    stop: "StopRequest | None" = None  # a caller's own, installed for longer than fit (training's pipeline)
 
 
 @dataclasses.dataclass
@@ -88,7 +98,7 @@ class TrainResult:
     best_epoch: int
     best_accuracy: float
     seconds: float
-    stopped: str  # "target", "patience", "epochs"
+    stopped: str  # "target", "patience", "epochs", "budget", "signal"
     predictions: list[str]  # validation predictions of the best model
 
 
@@ -201,9 +211,12 @@ def make_dataset(data: Dataset, y: np.ndarray, config: TrainConfig, height: int,
             index = np.sort(order[k * batch : (k + 1) * batch])
             yield x[index], y[index]
 
+    # Every batch is full (the remainder is dropped), so the batch size is part of the static
+    # shape: with an unknown batch, the CTC loss's loop fails graph optimization and each step
+    # ran unoptimized (0.72 s instead of 0.36 s at 160x60 on 2 cores, benchmarks/step_time.py).
     signature = (
-        tf.TensorSpec((None, *x.shape[1:]), tf.float32),
-        tf.TensorSpec((None, y.shape[1]), tf.int32),
+        tf.TensorSpec((batch, *x.shape[1:]), tf.float32),
+        tf.TensorSpec((batch, y.shape[1]), tf.int32),
     )
     ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
@@ -215,6 +228,69 @@ def make_dataset(data: Dataset, y: np.ndarray, config: TrainConfig, height: int,
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def cosine(step: int, total: int, peak: float, alpha: float = 0.02) -> float:
+    """Cosine decay from ``peak`` to ``alpha * peak`` over ``total`` steps."""
+    progress = min(1.0, step / max(1, total))
+    return peak * (alpha + (1 - alpha) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class StopRequest:
+    """Why training should stop now, set by a signal handler or the deadline; None to go on."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """SIGTERM and a first SIGINT ask for a stop; a second SIGINT interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.reason == "signal":
+            raise KeyboardInterrupt
+        if self.reason == "signal":
+            return
+        self.reason = "signal"
+        _log(f"\n{signal.Signals(signum).name}: stopping after this batch; the best weights so far are kept"
+             + (" (Ctrl-C again to abort)" if signum == signal.SIGINT else ""))
+
+
+def _callback(model, schedule: dict, stop: StopRequest, deadline: float | None, bar):
+    """Per batch: the learning rate from the fitted schedule, the stop checks, the progress bar."""
+    import keras
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            model.optimizer.learning_rate = cosine(schedule["step"], schedule["total"], schedule["peak"])
+
+        def on_train_batch_end(self, batch, logs=None):
+            schedule["step"] += 1
+            if bar is not None:
+                bar.update(1)
+            if deadline is not None and time.monotonic() >= deadline and stop.reason is None:
+                stop.reason = "budget"
+            if stop.reason is not None:
+                model.stop_training = True
+
+    return Steps()
+
+
+def _progress_bar(total: int, progress: str):
+    if progress != "bar":
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
 def fit(
@@ -233,11 +309,12 @@ def fit(
     decoder = model_config.decoder
     length = model_config.length
     y_train = encode_labels(train.labels, charset, decoder, length)
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    steps_per_epoch = max(1, len(train) // min(config.batch_size, len(train)))
     ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     history: list[EpochRecord] = []
     best_acc, best_epoch, initial_epoch = -1.0, 0, 0
     losses = _losses()
+    epochs = config.epochs
 
     model = None
     if ckpt is not None and config.resume and (ckpt / "last.keras").is_file():
@@ -245,19 +322,15 @@ def fit(
         model = keras.models.load_model(ckpt / "last.keras", custom_objects={"ctc_loss": losses["ctc"]})
         history = [EpochRecord(**r) for r in state["history"]]
         initial_epoch = state["epoch"]
+        epochs = max(epochs, state.get("planned_epochs", epochs))
         best_acc, best_epoch = state["best_accuracy"], state["best_epoch"]
         _log(f"resuming from {ckpt} after epoch {initial_epoch} (best {best_acc:.4f} at epoch {best_epoch})")
     if model is None:
         model = build_model(model_config)
         if config.warm_start is not None:
             _load_warm_start(Path(config.warm_start), model, model_config, charset)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate,
-            decay_steps=steps_per_epoch * config.epochs,
-            alpha=0.02,
-            warmup_target=None,
-        )
-        model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=losses[decoder])
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=losses[decoder])
+    schedule = {"step": initial_epoch * steps_per_epoch, "total": steps_per_epoch * epochs, "peak": config.learning_rate}
 
     best_weights = model.get_weights() if best_epoch else None
     if ckpt is not None and best_epoch and (ckpt / "best.weights.h5").is_file():
@@ -271,42 +344,62 @@ def fit(
     progress = config.progress
     if progress == "auto":
         progress = "bar" if sys.stderr.isatty() else "epoch"
-    verbose = {"bar": 1, "epoch": 2, "none": 0}[progress]
+    stop = config.stop or StopRequest()
+    if config.catch_signals and config.stop is None:
+        stop.install()
+    bar = _progress_bar(schedule["total"], progress)
+    steps = _callback(model, schedule, stop, config.deadline, bar)
     started = time.perf_counter()
     epoch = initial_epoch
-    while epoch < config.epochs and stop_reason == "epochs":
-        t0 = time.perf_counter()
-        result = model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, shuffle=False)
-        preds = predict(model, val.x, charset, decoder)
-        scores = score(val.labels, preds)
-        lr = model.optimizer.learning_rate
-        lr = float(lr.numpy() if hasattr(lr, "numpy") else lr)
-        epoch += 1
-        record = EpochRecord(
-            epoch=epoch,
-            loss=float(result.history["loss"][-1]),
-            sequence_accuracy=scores.sequence_accuracy,
-            char_accuracy=scores.char_accuracy,
-            learning_rate=lr,
-            seconds=time.perf_counter() - t0,
-        )
-        history.append(record)
-        improved = record.sequence_accuracy > best_acc
-        if improved:
-            best_acc, best_epoch, best_weights = record.sequence_accuracy, epoch, model.get_weights()
-        if verbose:
-            _log(
-                f"epoch {epoch}/{config.epochs}: loss {record.loss:.4f}  val sequence {record.sequence_accuracy:.4f}"
-                f"  char {record.char_accuracy:.4f}  lr {lr:.2e}  {record.seconds:.0f}s" + ("  *best*" if improved else "")
+    try:
+        while epoch < epochs and stop_reason == "epochs":
+            t0 = time.perf_counter()
+            result = model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
+                               callbacks=[steps])
+            preds = predict(model, val.x, charset, decoder)
+            scores = score(val.labels, preds)
+            epoch += 1
+            record = EpochRecord(
+                epoch=epoch,
+                loss=float(result.history["loss"][-1]) if result.history.get("loss") else float("nan"),
+                sequence_accuracy=scores.sequence_accuracy,
+                char_accuracy=scores.char_accuracy,
+                learning_rate=float(cosine(schedule["step"], schedule["total"], schedule["peak"])),
+                seconds=time.perf_counter() - t0,
             )
-        if on_epoch is not None:
-            on_epoch(record)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, model, model_config, charset, epoch, history, best_acc, best_epoch, improved)
-        if config.target_accuracy is not None and best_acc >= config.target_accuracy:
-            stop_reason = "target"
-        elif config.patience is not None and epoch - best_epoch >= config.patience:
-            stop_reason = "patience"
+            history.append(record)
+            improved = record.sequence_accuracy > best_acc
+            if improved:
+                best_acc, best_epoch, best_weights = record.sequence_accuracy, epoch, model.get_weights()
+            if config.deadline is not None and epoch == initial_epoch + 1 and stop.reason is None:
+                epochs = _plan(epoch, record.seconds, config.deadline, epochs, config.epochs)
+                schedule["total"] = steps_per_epoch * epochs
+                if bar is not None:
+                    bar.total = schedule["total"]
+            if bar is not None:
+                left = "" if config.deadline is None else f", {max(0, config.deadline - time.monotonic()) / 60:.1f} min left"
+                bar.set_postfix_str(f"epoch {epoch}/{epochs}, best {best_acc:.4f}{left}")
+            if progress == "epoch":
+                _log(
+                    f"epoch {epoch}/{epochs}: loss {record.loss:.4f}  val sequence {record.sequence_accuracy:.4f}"
+                    f"  char {record.char_accuracy:.4f}  lr {record.learning_rate:.2e}  {record.seconds:.0f}s"
+                    + ("  *best*" if improved else "")
+                )
+            if on_epoch is not None:
+                on_epoch(record)
+            if ckpt is not None:
+                _save_checkpoint(ckpt, model, model_config, charset, epoch, history, best_acc, best_epoch, improved,
+                                 epochs)
+            if stop.reason is not None:
+                stop_reason = stop.reason
+            elif config.target_accuracy is not None and best_acc >= config.target_accuracy:
+                stop_reason = "target"
+            elif config.patience is not None and epoch - best_epoch >= config.patience:
+                stop_reason = "patience"
+    finally:
+        stop.restore()
+        if bar is not None:
+            bar.close()
     if best_weights is not None:
         model.set_weights(best_weights)
     return TrainResult(
@@ -318,6 +411,15 @@ def fit(
         stopped=stop_reason,
         predictions=predict(model, val.x, charset, decoder),
     )
+
+
+def _plan(done: int, epoch_seconds: float, deadline: float, planned: int, cap: int) -> int:
+    """Epochs that fit before ``deadline`` after ``done`` of them took ``epoch_seconds`` each."""
+    fit_more = int(max(0.0, deadline - time.monotonic()) // max(epoch_seconds, 1e-3))
+    epochs = max(done, min(cap, done + fit_more))
+    _log(f"an epoch takes {epoch_seconds:.0f}s: {epochs} epochs fit the time budget"
+         + (f" (capped at {cap})" if done + fit_more > cap else "") + "; the learning rate decays over them")
+    return epochs
 
 
 def _checkpoint_state(folder: Path, model_config: ModelConfig, charset: str, hint: str = "") -> dict:
@@ -340,7 +442,9 @@ def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: st
          f"validation {state['best_accuracy']:.4f})")
 
 
-def _save_checkpoint(ckpt: Path, model, model_config, charset, epoch, history, best_acc, best_epoch, improved) -> None:
+def _save_checkpoint(
+    ckpt: Path, model, model_config, charset, epoch, history, best_acc, best_epoch, improved, planned_epochs
+) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     model.save(ckpt / "last.keras.tmp.keras")
     os.replace(ckpt / "last.keras.tmp.keras", ckpt / "last.keras")
@@ -350,6 +454,7 @@ def _save_checkpoint(ckpt: Path, model, model_config, charset, epoch, history, b
         "epoch": epoch,
         "best_accuracy": best_acc,
         "best_epoch": best_epoch,
+        "planned_epochs": planned_epochs,
         "charset": charset,
         "model_config": model_config.to_dict(),
         "history": [r.to_dict() for r in history],
