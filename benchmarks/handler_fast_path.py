@@ -65,7 +65,9 @@ def main() -> None:
     print("| --- | --- |")
     print(f"| {args.tree or 'this tree'} | {other:.1f} |")
     print(f"| this tree | {this:.1f} |")
-    print(f"| ratio this / other | {this / other:.3f} |")
+    ratios = sorted(t / o for t, o in zip(results["this"], results["other"]))
+    print(f"| ratio this / other | {this / other:.3f} (paired rounds: median {statistics.median(ratios):.3f}, "
+          f"range {ratios[0]:.3f}-{ratios[-1]:.3f}) |")
 
 
 if __name__ == "__main__":
