@@ -13,6 +13,7 @@ Verdicts are cached by the file's SHA-256 (and the memory limit), so a rescan ne
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 import select
 import signal
@@ -117,7 +118,8 @@ def _child(memory: int) -> None:
     from capserve.core.runtime import Runtime, RuntimeLoadError
 
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    out = sys.stdout.buffer
+    out = os.fdopen(os.dup(1), "wb")  # answers only: whatever the runtime prints goes to stderr
+    os.dup2(2, 1)
     while contents:
         content = contents.pop(0)  # each file is freed once proven
         try:
@@ -132,7 +134,7 @@ def _child(memory: int) -> None:
             answer = f"the runtime ran out of its memory limit ({memory >> 20} MiB)"
         except Exception as exc:  # the file is refused, whatever LiteRT raised
             answer = f"the runtime failed: {type(exc).__name__}: {exc}"
-        out.write(" ".join(answer.split()).encode() + b"\n")
+        out.write(" ".join(answer.split())[:1000].encode() + b"\n")  # one write under PIPE_BUF
         out.flush()
 
 
