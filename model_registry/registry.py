@@ -71,6 +71,19 @@ def _fail(entry: Entry, error: str, *, trace: bool = False) -> None:
     (log.exception if trace else log.error)("entry %s failed to load: %s", entry.path, error)
 
 
+def _rank(entry: Entry, roots: list[Path]) -> tuple:
+    """Which of several entries defining one site and version serves: the one in a folder
+    ``<site>/<version>``, then ``<site>``, then any other; then the first registry folder;
+    then path order."""
+    spec, folder = entry.model.spec, entry.path.parent
+    if (folder.parent.name, folder.name) == (spec.site, str(spec.version)):
+        named = 0
+    else:
+        named = 1 if folder.name == spec.site else 2
+    root = next((i for i, r in enumerate(roots) if entry.path.is_relative_to(r)), len(roots))
+    return named, root, str(entry.path)
+
+
 def _signature(yaml_path: Path) -> tuple:
     """Changes whenever the YAML or any file beside it changes (mtime and size)."""
     parts = []
@@ -257,28 +270,18 @@ class Registry:
             _fail(entry, f"{entry.path}: {type(exc).__name__}: {exc}", trace=True)
         return None
 
-    def _rank(self, entry: Entry, roots: list[Path]) -> tuple:
-        """Which of several entries defining one site and version serves: the one in a folder
-        ``<site>/<version>``, then ``<site>``, then any other; then the first registry folder;
-        then path order."""
-        spec, folder = entry.model.spec, entry.path.parent
-        if (folder.parent.name, folder.name) == (spec.site, str(spec.version)):
-            named = 0
-        else:
-            named = 1 if folder.name == spec.site else 2
-        root = next((i for i, r in enumerate(roots) if entry.path.is_relative_to(r)), len(roots))
-        return named, root, str(entry.path)
-
     def _publish(self) -> None:
         """Swap in the new site -> model map: highest loaded version per site."""
         serving: dict[str, Model] = {}
         claimed: dict[tuple[str, int], Path] = {}
         roots = [root.resolve() for root in self.roots]
         loaded = [e for e in self._entries.values() if e.model is not None]
-        for entry in sorted(loaded, key=lambda e: self._rank(e, roots)):
+        for entry in sorted(loaded, key=lambda e: _rank(e, roots)):
             model = entry.model
             key = (model.spec.site, model.spec.version)
             if key in claimed:
+                if entry.shadowed_by != claimed[key]:
+                    log.warning("entry %s: site %r version %s is served by %s", entry.path, *key, claimed[key])
                 entry.state, entry.shadowed_by = FAILED, claimed[key]
                 entry.error = (
                     f"{entry.path}: site {key[0]!r} version {key[1]} is also defined by {claimed[key]}, "
