@@ -86,8 +86,10 @@ def client(registry_root):
 def test_the_scan_bomb_is_refused_before_it_is_decoded(client):
     data = scan_bomb()
     assert len(data) < 1024 * 1024
+    before = rss_bytes()
     r = client.post("/recognize/tiny", content=data, headers={"content-type": "image/jpeg"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_scans", r.text
+    assert rss_bytes() - before < 100 << 20
 
 
 def test_an_ordinary_progressive_jpeg_is_read(client):
