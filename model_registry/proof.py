@@ -25,6 +25,7 @@ import time
 TIMEOUT_S = 30.0  # per file, from the child's start
 MEMORY_BYTES = 1 << 30  # the child's address space
 _CACHE_SIZE = 1024
+_EXITED = "the runtime exited with status"
 
 _verdicts: dict[str, str | None] = {}  # "sha256:memory limit" -> None (proven) or why it was refused
 
@@ -39,7 +40,8 @@ def prove(contents: list[bytes], *, timeout: float = TIMEOUT_S, memory: int = ME
         answers, timed_out = _run_child([by_digest[d] for d in pending], timeout, memory)
         for digest, verdict in zip(pending, answers):
             results[digest] = verdict
-            _remember(digest, verdict)
+            if not (verdict or "").startswith(_EXITED):  # the child itself failed, not the file
+                _remember(digest, verdict)
         if timed_out:  # a slow machine may finish next time: not cached
             results[pending[len(answers)]] = f"the runtime did not finish within {timeout:g} s"
             answers.append(None)
@@ -56,9 +58,10 @@ def _remember(digest: str, verdict: str | None) -> None:
 def _run_child(contents: list[bytes], timeout: float, memory: int) -> tuple[list[str | None], bool]:
     """Answers for a prefix of ``contents`` and whether the child then hung: a child that dies
     on file k answers the files before k and then why it died."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the parent's imports
     proc = subprocess.Popen(
         [sys.executable, "-m", "capserve.model_registry.proof", str(memory)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
     )
     answers: list[str | None] = []
     try:
@@ -95,7 +98,7 @@ def _death(proc: subprocess.Popen) -> str:
             return f"the runtime crashed: {signal.Signals(-code).name}"
         except ValueError:
             return f"the runtime crashed: signal {-code}"
-    return f"the runtime exited with status {code}"
+    return f"{_EXITED} {code}"
 
 
 # -- the child ----------------------------------------------------------------------------

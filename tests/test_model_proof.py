@@ -158,3 +158,10 @@ def test_mutated_models_never_kill_the_process(monkeypatch):
     for content in proven:  # ...and what was proven loads and runs here
         runtime = Runtime(content, max_interpreters=1)
         assert runtime.run(np.zeros(runtime.input_shape[1:], np.float32)).ndim == 2
+
+
+def test_a_child_that_cannot_start_fails_the_files_without_remembering_it(monkeypatch):
+    monkeypatch.setattr(proof, "_verdicts", {})
+    monkeypatch.setattr(proof.sys, "executable", "/bin/false")
+    assert proof.prove([DEMO_BYTES]) == ["the runtime exited with status 1"]
+    assert proof._verdicts == {}
