@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
@@ -36,6 +37,9 @@ class ImageLimits:
 
 
 DEFAULT_LIMITS = ImageLimits()
+
+# What PIL's parsers raise on broken files (a GIF cut inside a frame raises IndexError).
+_BROKEN = (OSError, EOFError, ValueError, SyntaxError, IndexError, struct.error)
 
 
 def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
@@ -93,10 +97,18 @@ def _accepts(accept, prefix: bytes) -> bool:
         return False
 
 
+def frame_count(image: Image.Image) -> int:
+    """How many frames ``image`` has (counting them reads the file, decoding nothing)."""
+    try:
+        return getattr(image, "n_frames", 1)
+    except _BROKEN as exc:
+        raise ImageError(f"the image's frames cannot be counted: {exc}") from None
+
+
 def pixels_to_decode(image: Image.Image, frames: bool) -> int:
     """The pixels decoding ``image`` costs: its first frame, or with ``frames`` all of them."""
     width, height = image.size
-    return width * height * (getattr(image, "n_frames", 1) if frames else 1)
+    return width * height * (frame_count(image) if frames else 1)
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -124,7 +136,7 @@ def image_to_array(image: Image.Image, mode: str | None = None) -> np.ndarray:
 def frames_to_array(image: Image.Image, limits: ImageLimits) -> np.ndarray:
     """Every frame of ``image`` as ``(F, H, W, 4)`` uint8 (RGBA, since frames may differ),
     refused before any frame is decoded if there are too many or they hold too many pixels."""
-    n_frames = getattr(image, "n_frames", 1)
+    n_frames = frame_count(image)
     if n_frames > limits.max_frames:
         raise ImageError(
             f"the image has {n_frames} frames, over the limit of {limits.max_frames}", code="too_many_frames"
@@ -160,5 +172,5 @@ def decode_image(
         return frames_to_array(image, limits) if frames else image_to_array(image, mode)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (*_BROKEN, Image.DecompressionBombError) as exc:
         raise ImageError(f"the image cannot be decoded: {exc}") from None

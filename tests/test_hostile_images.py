@@ -12,6 +12,7 @@ import threading
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import EpsImagePlugin, Image, PsdImagePlugin
 from starlette.testclient import TestClient
 
@@ -190,3 +191,11 @@ def test_a_good_request_is_answered_beside_the_bombs(registry_root):
             statuses = list(bombs)
         assert answer.status_code == 200 and answer.json()["text"] == expected
         assert statuses == [422, 413, 422, 413]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(13, len(frame_bomb(frames=6, side=300))), junk=st.binary(max_size=16))
+def test_broken_animations_to_a_frames_site_never_5xx(client, cut, junk):
+    data = frame_bomb(frames=6, side=300)[:cut] + junk  # 6 x 90,000 pixels: decoded in the pool
+    r = client.post("/recognize/anim", content=data)
+    assert r.status_code < 500, r.text
