@@ -4,7 +4,12 @@ The baseline is what many hand-written cloud functions do: build the input with 
 per-pixel ``Image.getpixel`` loop, run ``tf.lite.Interpreter`` (TensorFlow), decode in a
 Python loop. Both read the same captchas with the same ``.tflite`` file, on one core.
 
-    python benchmarks/latency.py [--site demo] [--registry DIR] [-n 2000]
+Also printed: the CPU time of one ``Model.recognize`` (decode, chain, invoke, CTC; no HTTP),
+the mean of ``time.process_time`` over every image, which the HTTP server's CPU per request
+(benchmarks/load_http.py) is compared with in BENCHMARKS.md. ``--no-baseline`` skips the
+TensorFlow baseline.
+
+    python benchmarks/latency.py [--site demo] [--registry DIR] [-n 2000] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def main() -> None:
     parser.add_argument("--site", default="demo")
     parser.add_argument("--registry", action="append", type=Path)
     parser.add_argument("-n", type=int, default=2000)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the TensorFlow baseline")
     args = parser.parse_args()
 
     registry = Registry(args.registry or None)
@@ -82,12 +88,23 @@ def main() -> None:
     totals = []
     for data in images[:50]:
         model.recognize(data)  # warm caches
+    cpu = time.process_time()
     for data in images:
         t = time.perf_counter()
         result = model.recognize(data)
         totals.append((time.perf_counter() - t) * 1e3)
         for key, value in result.timings_ms.items():
             stages[key].append(value)
+    cpu_ms = (time.process_time() - cpu) * 1e3 / len(images)
+    print(f"site {spec.site} v{spec.version}, {spec.width}x{spec.height} PNG, {args.n} images, one thread\n")
+    print(f"CPU per recognition in-process (decode, chain, invoke, CTC; no HTTP): {cpu_ms:.3f} ms\n")
+    if args.no_baseline:
+        print("| path | p50 ms | p90 ms | p99 ms | mean ms |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for name, values in list(stages.items()) + [("capserve total", totals)]:
+            print(f"| {name} | {percentile(values, 50):.3f} | {percentile(values, 90):.3f} | "
+                  f"{percentile(values, 99):.3f} | {statistics.mean(values):.3f} |")
+        return
 
     import tensorflow as tf
 
@@ -103,7 +120,6 @@ def main() -> None:
         baseline.append((time.perf_counter() - t) * 1e3)
         agree += text == model.recognize(data).raw_text
 
-    print(f"site {spec.site} v{spec.version}, {spec.width}x{spec.height} PNG, {args.n} images, one thread\n")
     print("| path | p50 ms | p90 ms | p99 ms | mean ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, values in list(stages.items()) + [("capserve total", totals), ("naive baseline total", baseline)]:

@@ -120,6 +120,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, sockets: int, timeout: float = 30.0) -> int:
+    """Wait until ``sockets`` sockets listen on 127.0.0.1:``port`` (a worker each, SO_REUSEPORT):
+    /readyz answers as soon as one worker is up, and connections opened before the others
+    listen all stay on it (BENCHMARKS.md). Returns how many listen."""
+    wanted = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        count = sum(1 for f in rows if f[1] == wanted and f[3] == "0A")
+        if count >= sockets or time.monotonic() > deadline:
+            return count
+        time.sleep(0.01)
+
+
 def process_tree(pid: int) -> list[int]:
     pids, todo = [], [pid]
     while todo:
@@ -160,7 +174,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def worker_rss_mb(pid: int) -> list[float]:
-    """RSS of each uvicorn worker (the children of the supervisor), or of the process itself."""
+    """RSS of each worker (the children of the supervisor), or of the process itself."""
     children = [p for p in process_tree(pid) if p != pid]
     return [rss_mb(p, tree=False) for p in children] or [rss_mb(pid, tree=False)]
 
@@ -198,7 +212,9 @@ class Server:
         raise RuntimeError(f"server {self.argv} not ready after {timeout} s; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop the whole process group: also the workers of a supervisor that has already
+        exited (py-spy takes granian's supervisor down with it, not its workers)."""
+        if self.proc is None:
             return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -222,23 +238,24 @@ def capserve_argv(registry: Path, port: int, workers: int, *, lazy: bool = False
     return argv + (["--lazy"] if lazy else [])
 
 
-NODELAY_HTTP = "capserve.server.protocol:NoDelayHTTPProtocol"
-
-
-def uvicorn_argv(factory: str, port: int, workers: int, *, stock_http: bool = False) -> list[str]:
-    """An app factory behind uvicorn with the settings ``capserve serve`` uses: same worker
-    count, log level warning, no access log, default loop and parser, and (unless
-    ``stock_http``) capserve's HTTP protocol class, which only adds TCP_NODELAY."""
-    argv = [PYTHON, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
+def uvicorn_argv(factory: str, port: int, workers: int) -> list[str]:
+    """An app factory behind plain ``uvicorn --workers`` (its shared socket, its own HTTP
+    protocol), with the same worker count, log level warning and no access log."""
+    return [PYTHON, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-    return argv if stock_http else argv + ["--http", NODELAY_HTTP]
 
 
-def peer_argv(module: str, port: int, workers: int, *, stock_http: bool = False) -> list[str]:
+def granian_argv(factory: str, port: int, workers: int) -> list[str]:
+    """An app factory behind granian's ASGI interface with the same worker count and logging."""
+    return [PYTHON, "-m", "granian", factory, "--factory", "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+
+
+def peer_argv(module: str, port: int, workers: int, *, plain_uvicorn: bool = False) -> list[str]:
     """A peer app from benchmarks/peers served as ``capserve serve`` serves capserve
-    (benchmarks/peers/serve.py), or with ``stock_http`` behind plain ``uvicorn --workers``."""
-    if stock_http:
-        return uvicorn_argv(f"benchmarks.peers.{module}:create_app", port, workers, stock_http=True)
+    (benchmarks/peers/serve.py), or with ``plain_uvicorn`` behind ``uvicorn --workers``."""
+    if plain_uvicorn:
+        return uvicorn_argv(f"benchmarks.peers.{module}:create_app", port, workers)
     return [PYTHON, "-m", "benchmarks.peers.serve", module, "--port", str(port), "--workers", str(workers)]
 
 
@@ -262,7 +279,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for name in ("ai_edge_litert", "numpy", "PIL", "starlette", "uvicorn", "orjson", "ddddocr", "onnxruntime",
+    for name in ("ai_edge_litert", "numpy", "PIL", "starlette", "granian", "uvicorn", "orjson", "ddddocr", "onnxruntime",
                  "tensorflow", "uvloop", "httptools"):
         versions[name] = _version(name)
     wrk = shutil.which("wrk")

@@ -1,8 +1,9 @@
 """HTTP under load: wrk against capserve and its peers on loopback, in one run.
 
-Every server runs as its own process group behind uvicorn with the same settings (same
-worker count, log level warning, no access log, uvicorn's `auto` loop and HTTP parser: uvloop and httptools, dependencies of capserve);
-wrk runs in a separate process. For each server, method (GET ``?base64Image=``, POST JSON)
+Every server runs as its own process group, served as ``capserve serve`` serves capserve
+(granian workers, server/workers.py) with the same worker count, log level warning and no
+access log, unless its name says otherwise (``uvicorn``, ``bare-uvicorn``); wrk runs in a
+separate process. For each server, method (GET ``?base64Image=``, POST JSON)
 and connection count, wrk runs for ``--duration`` seconds after a short warm-up, cycling
 through the same sample captchas. Reported: requests/s, p50/p99/p99.9 and max latency (wrk's
 own histogram, which wrk corrects for coordinated omission: a request that took k times the
@@ -14,6 +15,9 @@ errors (non-2xx answers plus socket errors and timeouts).
 
 Servers:
   capserve   ``capserve serve`` with every feature on: validation, plugins, metrics, hot reload
+  uvicorn    the same app behind plain ``uvicorn --workers`` (uvloop, httptools)
+  granian    the same app behind the ``granian`` command with its defaults
+  bare-uvicorn  the bare endpoint behind plain ``uvicorn --workers``: an anchor outside capserve's serving code
   bare       a bare LiteRT endpoint (benchmarks/peers/bare_app.py)
   naive      the per-pixel + tf.lite baseline (benchmarks/peers/naive_app.py)
   ddddocr    ddddocr's general model (benchmarks/peers/ddddocr_app.py)
@@ -37,15 +41,15 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load_common import (  # noqa: E402
-    WORK, Server, b64, capserve_argv, cpu_seconds, entry_spec, free_port, make_registry, model_entry, peer_argv, rss_mb,
-    sample_images, uvicorn_argv, worker_rss_mb,
+    WORK, Server, b64, capserve_argv, cpu_seconds, entry_spec, free_port, granian_argv, make_registry, model_entry, peer_argv, rss_mb,
+    sample_images, uvicorn_argv, wait_listening, worker_rss_mb,
 )
 
 SERVERS = {
     "capserve": "capserve serve, every feature on",
-    "capserve-stock-http": "the capserve app behind stock uvicorn (no TCP_NODELAY)",
-    "capserve-shared-socket": "capserve serve with CAPSERVE_REUSE_PORT=0 (uvicorn's shared socket)",
-    "capserve-unbalanced": "capserve serve with CAPSERVE_BALANCE=0 (no connection hand-over between workers)",
+    "uvicorn": "the capserve app behind plain uvicorn --workers",
+    "granian": "the capserve app behind the granian command (--interface asgi --workers, its defaults)",
+    "bare-uvicorn": "bare LiteRT endpoint behind plain uvicorn --workers",
     "bare": "bare LiteRT endpoint",
     "naive": "naive baseline (getpixel + tf.lite)",
     "ddddocr": "ddddocr general model in a wrapper",
@@ -184,37 +188,36 @@ def display_name(name: str) -> str:
     return f"{base} ({Path(python).parent.parent.name})"
 
 
-def _server_argv(name: str, registry: Path, port: int, workers: int, stock_http: bool, env: dict) -> list[str]:
+def _server_argv(name: str, registry: Path, port: int, workers: int, env: dict) -> list[str]:
     if name == "capserve":
         return capserve_argv(registry, port, workers)
-    if name == "capserve-stock-http":  # the same app behind stock uvicorn (no TCP_NODELAY fix)
+    if name in ("uvicorn", "granian"):  # the app alone, behind another server's own workers
         env["CAPSERVE_REGISTRY"] = str(registry)
-        return uvicorn_argv("capserve.server.app:create_app", port, workers, stock_http=True)
-    if name == "capserve-unbalanced":  # capserve serve without the connection hand-over
-        env["CAPSERVE_BALANCE"] = "0"
-        return capserve_argv(registry, port, workers)
-    if name == "capserve-shared-socket":  # capserve serve with uvicorn's one shared socket
-        env["CAPSERVE_REUSE_PORT"] = "0"
-        return capserve_argv(registry, port, workers)
-    return peer_argv(PEER_MODULES[name], port, workers, stock_http=stock_http)
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-", dir=_workdir())  # as capserve serve does
+        argv = uvicorn_argv if name == "uvicorn" else granian_argv
+        return argv("capserve.server.app:create_app", port, workers)
+    if name == "bare-uvicorn":
+        return peer_argv("bare_app", port, workers, plain_uvicorn=True)
+    return peer_argv(PEER_MODULES[name], port, workers)
 
 
 def bench_server(name: str, *, registry: Path, entry: Path, samples, connections: list[int], methods: list[str],
-                 duration: float, warmup: float, workers: int, work: Path, log: Path, env: dict | None = None,
-                 stock_http: bool = False) -> dict:
+                 duration: float, warmup: float, workers: int, work: Path, log: Path, env: dict | None = None) -> dict:
     port = free_port()
     server_env = {"BENCH_ENTRY": str(entry), **(env or {})}
     label = SERVERS.get(name, name)
     if "@" in name:  # "capserve@/path/to/python": the same server run by another interpreter
         base_name, python = name.split("@", 1)
-        argv = _server_argv(base_name, registry, port, workers, stock_http, server_env)
+        argv = _server_argv(base_name, registry, port, workers, server_env)
         argv[0] = python
         label = f"{SERVERS.get(base_name, base_name)}, run by {python}"
     else:
-        argv = _server_argv(name, registry, port, workers, stock_http, server_env)
+        argv = _server_argv(name, registry, port, workers, server_env)
     result: dict = {"server": display_name(name), "label": label, "runs": []}
     with Server(argv, port, env=server_env, log=log) as server:
         result["ready_s"] = server.wait_ready()
+        # plain uvicorn shares one socket between its workers; every other server has one per worker
+        wait_listening(port, 1 if name.split("@")[0] in ("uvicorn", "bare-uvicorn") else workers)
         result["check"] = check_answers(server.base, samples)
         result["rss_ready_mb"] = rss_mb(server.proc.pid)
         for method in methods:
@@ -238,7 +241,7 @@ def bench_server(name: str, *, registry: Path, entry: Path, samples, connections
 
 
 def run(servers: list[str], connections: list[int], methods: list[str], duration: float, warmup: float,
-        workers: int, n_samples: int = 64, stock_http: bool = False, rounds: int = 1,
+        workers: int, n_samples: int = 64, rounds: int = 1,
         repeated: tuple[str, ...] = REPEATED) -> dict:
     """Every server once; with ``rounds`` above 1 the ``repeated`` ones (the close comparison)
     that many times, in alternating order, and each cell reported as the median of its rounds."""
@@ -250,7 +253,7 @@ def run(servers: list[str], connections: list[int], methods: list[str], duration
     make_registry(entry, registry, 1)
     results = {"model": entry_label, "workers": workers, "duration_s": duration, "samples": n_samples,
                "image_bytes_mean": sum(len(d) for _, d in samples) / len(samples), "rounds": rounds,
-               "repeated": [n for n in servers if n.split("@")[0] in repeated] if rounds > 1 else [],
+               "repeated": [n for n in servers if n in repeated or n.split("@")[0] in repeated] if rounds > 1 else [],
                "servers": []}
     measured: dict[str, list[dict]] = {name: [] for name in servers}
     try:
@@ -265,7 +268,6 @@ def run(servers: list[str], connections: list[int], methods: list[str], duration
                     name, registry=registry, entry=entry, samples=samples, connections=connections, methods=methods,
                     duration=duration, warmup=warmup, workers=workers, work=work,
                     log=work / f"{name.replace('@', '-').replace('/', '_')}.log",
-                    stock_http=stock_http,
                 ))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -374,8 +376,6 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--stock-http", action="store_true",
-                        help="run the peers behind stock uvicorn, without capserve's TCP_NODELAY protocol class")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every server this many times, in alternating order, and report medians")
     parser.add_argument("--json", type=Path)
@@ -384,7 +384,7 @@ def main() -> None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     started = time.time()
     results = run(args.servers.split(","), [int(c) for c in args.connections.split(",")],
-                  args.methods.split(","), args.duration, args.warmup, args.workers, stock_http=args.stock_http,
+                  args.methods.split(","), args.duration, args.warmup, args.workers,
                   rounds=args.rounds, repeated=tuple(args.servers.split(",")))
     results["wall_s"] = time.time() - started
     print()

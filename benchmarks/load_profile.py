@@ -38,11 +38,13 @@ GROUPS = [
     ("idle: waiting for input (epoll)", "select (selectors.py"),
     ("LiteRT: set_tensor, invoke, get_tensor", "ai_edge_litert/interpreter.py"),
     ("bare endpoint: PIL decode, numpy, CTC", "peers/bare_app.py"),
-    ("interpreter pool (runtime.py)", "model_registry/runtime.py"),
-    ("CTC decoding", "model_registry/decoders.py"),
-    ("image decoding (PIL, checks)", "plugins/images.py"),
+    ("interpreter pool (runtime.py)", "core/runtime.py"),
+    ("CTC decoding", "core/decoders.py"),
+    ("image decoding (PIL, checks)", "core/images.py"),
     ("preprocess chain (plugins)", "plugins/"),
-    ("Model.recognize (rest)", "model_registry/model.py"),
+    ("preprocess chain (plugins)", "core/chain.py"),
+    ("preprocess chain (plugins)", "core/steps.py"),
+    ("Model.recognize (rest)", "core/model.py"),
     ("request parsing (base64, JSON, body)", "server/parsing.py"),
     ("metrics (prometheus_client)", "server/metrics.py"),
     ("JSON response (orjson)", "server/responses.py"),
@@ -51,19 +53,19 @@ GROUPS = [
     ("endpoint (rest)", "peers/endpoint.py"),
     ("registry watcher thread", "model_registry/registry.py"),
     ("Starlette routing and middleware", "starlette/"),
-    ("uvicorn HTTP protocol (parsing, writing)", "uvicorn/protocols/"),
-    ("uvicorn HTTP protocol (parsing, writing)", "/h11/"),
-    ("uvicorn HTTP protocol (parsing, writing)", "/httptools/"),
+    ("granian's ASGI glue (HTTP itself is in Rust, off these samples)", "granian/"),
     ("asyncio event loop (transports, scheduling)", "asyncio/"),
 ]
 
 
 # Samples that are not the serving of requests: start-up (imports, app and model loading) and
 # other threads (the registry watcher sleeping between scans).
-SKIP = ("importlib._bootstrap", "(threading.py", "LifespanOn", "Server.startup", "Config.load")
+SKIP = ("importlib._bootstrap", "(threading.py", "LifespanProtocol")
 
 
 def classify(stack: list[str]) -> str:
+    if all(frame.startswith("process ") for frame in stack):  # py-spy --subprocesses names the processes first
+        return "no Python frame: granian's Rust threads (HTTP, accepting, waiting)"
     for frame in reversed(stack):
         for group, needle in GROUPS:
             if needle in frame:
@@ -79,7 +81,7 @@ def profile_server(name: str, registry: Path, entry: Path, items, duration: floa
         target = peer_argv(f"{name}_app", port, 1)
     raw = work / f"{name}.txt"
     pyspy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
-    argv = [pyspy, "record", "-r", str(rate), "-f", "raw", "-o", str(raw), "--idle", "--nonblocking", "--"] + target
+    argv = [pyspy, "record", "-r", str(rate), "-f", "raw", "-o", str(raw), "--idle", "--nonblocking", "--subprocesses", "--"] + target
     server = Server(argv, port, env={"BENCH_ENTRY": str(entry)}, log=work / f"{name}.log").start()
     try:
         server.wait_ready()

@@ -93,8 +93,8 @@ def render(results: dict) -> str:
     if results.get("also_python"):
         a = results["also_python"]
         out.append(f"- Rows marked ({Path(a['python']).parent.parent.name}) ran with `{a['python']}`: the same "
-                   f"packages plus {a['packages']} (uvicorn's default `auto` then picks httptools and uvloop)")
-    out.append(f"- Every server runs on 127.0.0.1 behind uvicorn with {load['workers']} worker processes; wrk runs on "
+                   f"packages plus {a['packages']} (granian's `--loop auto` then picks uvloop)")
+    out.append(f"- Every server runs on 127.0.0.1 behind granian (as `capserve serve` runs it) with {load['workers']} worker processes; wrk runs on "
                f"the same {m['cores']} cores (2 threads, 1 at 1 connection), {load['duration_s']:g} s per cell after "
                "a warm-up.")
     out.append("")
@@ -184,7 +184,7 @@ def main() -> None:
         import subprocess
 
         code = ("import importlib.metadata as m; print(', '.join(f'{n} {m.version(n)}' for n in "
-                "('uvicorn', 'httptools', 'uvloop') if __import__('importlib').util.find_spec(n)))")
+                "('granian', 'uvloop') if __import__('importlib').util.find_spec(n)))")
         res = subprocess.run([args.also_python, "-c", code], capture_output=True, text=True)
         results["also_python"] = {"python": args.also_python, "packages": res.stdout.strip() or res.stderr.strip()}
     print("machine:", json.dumps(results["machine"]), flush=True)

@@ -122,6 +122,13 @@ class Model:
             },
         )
 
+    def preview(self, data: bytes) -> bytes:
+        """The tensor the model receives for ``data`` after preprocessing, as a PNG (scaled
+        from its own minimum and maximum to 0-255). For people looking at why a model
+        answered what it did; requests without it never run this."""
+        tensor = self.preprocess.tensor(self.preprocess.decode(data, self.limits))
+        return tensor_png(tensor)
+
     def describe(self) -> dict[str, Any]:
         spec = self.spec
         return {
@@ -138,6 +145,17 @@ class Model:
             "quantization": spec.quantization,
             "training": spec.training,
         }
+
+
+def tensor_png(tensor: np.ndarray) -> bytes:
+    """An (H, W, C) float tensor as a PNG: gray for one channel, RGB for three, RGBA for four."""
+    low, high = float(tensor.min()), float(tensor.max())
+    scaled = (tensor - low) * (255.0 / (high - low)) if high > low else np.zeros_like(tensor)
+    pixels = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @functools.cache

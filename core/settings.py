@@ -54,15 +54,13 @@ class Settings(BaseSettings):
     public_status: bool = _setting(False, "`1`: `/v1/*` and `/metrics` stay open when keys are on")
     hmac_secret: str | None = _setting(None, "require signed requests", "off")
     hmac_window: float = _setting(300, "seconds a signature's timestamp may be off", gt=0)
+    samples_dir: Path | None = _setting(
+        None, "collect samples here: `keep=true` requests and reported wrong answers, a folder per site "
+        "([console.md](console.md))", "off")
+    samples_max_count: int = _setting(10_000, "most samples kept per site; the oldest go first", ge=1)
+    samples_max_bytes: int = _setting(200 * 1024 * 1024, "most bytes of images kept per site; the oldest go first", ge=1)
     load_plugins: bool = _setting(True, "`0`: load built-in plugins only ([plugins.md](plugins.md))")
     trace_plugins: bool = _setting(False, "`1`: print every plugin hook call to stderr")
-    reuse_port: bool = _setting(
-        True, "`0`: with several workers, share one listening socket (uvicorn's way) instead of a socket per "
-        "worker; for comparison only")
-    balance: bool = _setting(True, "`0`: with several workers, turn off connection balancing between them")
-    balance_dir: Path | None = _setting(
-        None, "the folder the workers share for balancing; `capserve serve --workers N` makes and removes it",
-        "set by capserve")
     scf_refresh_interval: float = _setting(
         0, "cloud function: seconds after which an invocation rescans the registry; `0`: load once per "
         "container ([deploy-scf.md](deploy-scf.md))", ge=0)

@@ -47,7 +47,7 @@ SERVING_REQUIREMENTS = (
     "numpy>=1.26",
     "pillow>=10.0",
     "starlette>=0.40",
-    "uvicorn>=0.30",
+    "granian>=2.8,<2.9",
     "pluggy>=1.5",
     "pyyaml>=6.0",
     "python-multipart>=0.0.9",
@@ -56,10 +56,10 @@ SERVING_REQUIREMENTS = (
     "pydantic>=2.7",
     "pydantic-settings>=2.7",
 )
-# Dependencies of capserve that the package leaves out: uvicorn's speed-ups under sustained load
-# on a long-lived server. An event function never runs uvicorn, and the web bootstrap's uvicorn
-# falls back to asyncio and h11 without them; a cold start stays smaller and faster.
-LEFT_OUT_REQUIREMENTS = ("httptools", "uvloop")
+# Dependencies of capserve that the package leaves out: the event loop's speed-up under sustained
+# load on a long-lived server. An event function never runs granian, and the web bootstrap's granian
+# falls back to asyncio without it; a cold start stays smaller and faster.
+LEFT_OUT_REQUIREMENTS = ("uvloop",)
 # Top-level names that must never ship (TensorFlow alone is ~1.3 GB and does not fit SCF).
 FORBIDDEN = ("tensorflow", "tensorflow_cpu", "tf_keras", "keras", "jax", "jaxlib", "torch", "training")
 # SCF runtime name and the interpreter's absolute path in the standard environment.

@@ -28,12 +28,16 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from capserve.core import yamlfile
 from capserve.core.settings import Settings
 from capserve.server.errors import HTTPError
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
 
 
 class Unauthorized(HTTPError):
@@ -224,3 +228,17 @@ class Access:
             self._seen[expected] = now
             if len(self._seen) > 4096:  # forget signatures that can no longer pass the window
                 self._seen = {s: t for s, t in self._seen.items() if now - t <= self.hmac_window}
+
+
+def refuse_status(request) -> "Response | None":
+    """The refusal of a status endpoint's request: they need a key when keys are on (unless
+    CAPSERVE_PUBLIC_STATUS=1); None when it may go on."""
+    from capserve.server.responses import error_response
+
+    access: Access = request.app.state.access
+    if access.keys and access.protect_status:
+        try:
+            access.check_key(request.headers, None)
+        except HTTPError as exc:
+            return error_response(exc)
+    return None

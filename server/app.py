@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,12 +28,13 @@ from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFai
 from capserve.core.model import Model
 from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
-from capserve.server import offload, request_id
-from capserve.server.access import Access
+from capserve.server import console, offload, request_id
+from capserve.server.access import Access, refuse_status as refused
 from capserve.server.errors import HTTPError
 from capserve.server.metrics import Metrics
 from capserve.server.openapi import openapi_schema
-from capserve.server.parsing import image_bytes, read_body, wants_details
+from capserve.server.parsing import image_bytes, read_body, wants_details, wants_keep
+from capserve.server.samples import keep_sample
 from capserve.server.responses import FastJSONResponse, error_response
 from capserve.server.settings import Settings, current
 
@@ -73,10 +75,12 @@ async def recognize(request: Request) -> Response:
         if access.hmac_secret is not None:
             access.check_signature(request.headers, request.method, request.url.path, request.url.query, body)
         details = wants_details(request)
+        keep = wants_keep(request)
         model = await serving_model(state.registry, site)
         served = site
         data = await image_bytes(request, body, settings.max_body_bytes)
         result = await offload.recognize(model, data)
+        preview = console.preview_uri(model.preview(data)) if details == "preview" else None
     except RecognitionFailed as exc:  # a plugin or the interpreter raised: logged, never shown
         log.error("request %s: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
         response = error_response(RecognitionFailed(f"{exc.message} (request id {rid})"))
@@ -96,21 +100,24 @@ async def recognize(request: Request) -> Response:
         }
         if details:
             answer.update(result.details())
+            if preview is not None:
+                answer["preview"] = preview
+        if keep:
+            answer["sample"] = await _keep(settings, site, data, result.text, model.spec.version)
         response = FastJSONResponse(answer)
     state.metrics.observe(served, response.status_code, time.perf_counter() - started)
     response.headers[request_id.HEADER] = rid
     return response
 
 
-def refused(request: Request) -> Response | None:
-    """Status endpoints need a key when keys are on (unless CAPSERVE_PUBLIC_STATUS=1)."""
-    access: Access = request.app.state.access
-    if access.keys and access.protect_status:
-        try:
-            access.check_key(request.headers, None)
-        except CapserveError as exc:
-            return error_response(exc)
-    return None
+async def _keep(settings: Settings, site: str, data: bytes, text: str, version: int) -> str | None:
+    """``keep=true``: store the sample, in a thread (past a bound it scans the folder); a failure
+    to write is logged, and the answer still goes out."""
+    try:
+        return await asyncio.to_thread(keep_sample, settings, site, data, text, "keep", version)
+    except (OSError, CapserveError):
+        log.exception("could not keep a sample of site %s", site)
+        return None
 
 
 async def list_models(request: Request) -> Response:
@@ -166,6 +173,8 @@ ROUTES = [
     Route("/readyz", readyz),
     Route("/metrics", prometheus),
     Route("/openapi.json", openapi),
+    *console.ROUTES,
+    *console.STATIC_ROUTES,
 ]
 
 
@@ -175,9 +184,11 @@ def create_app(
     *,
     access: Access | None = None,
     watch: bool = True,
+    label: tuple[str, Path] | None = None,
 ) -> Starlette:
     """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up;
-    without ``access`` keys and signing are read from the environment (off when unset)."""
+    without ``access`` keys and signing are read from the environment (off when unset). With
+    ``label`` (a site and a folder) the sample routes label that folder (``capserve label``)."""
     settings = settings or current()
     registry = registry if registry is not None else registry_from_settings(settings)
 
@@ -196,6 +207,7 @@ def create_app(
     app.state.settings = settings
     app.state.access = access if access is not None else Access.from_settings(settings)
     app.state.metrics = Metrics(registry)
+    app.state.label_site, app.state.label_folder = label if label is not None else (None, None)
     return app
 
 
@@ -211,7 +223,7 @@ def all_sites(registry: Registry) -> list[str]:
 def site_status(registry: Registry, site: str) -> dict[str, Any]:
     """TF-Serving-like status: the serving version's metadata and every version's state."""
     serving = registry.serving(site)
-    versions = [entry.describe() for entry in registry.site_entries(site)]
+    versions = [{**entry.describe(), "report": console.report_files(entry.path)} for entry in registry.site_entries(site)]
     if serving is not None:
         state = "AVAILABLE"
     elif any(v["state"] in ("LOADING", "UNLOADED") for v in versions):

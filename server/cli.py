@@ -11,6 +11,7 @@ from pathlib import Path
 
 from capserve.core import settings
 from capserve.core.errors import CapserveError
+from capserve.server.workers import LOG_LEVELS, Limits
 
 # Packages that add subcommands: each has ``add_parsers(subparsers)``. A missing optional
 # dependency (TensorFlow for training) only removes its commands from the help.
@@ -33,10 +34,7 @@ def _load_registry(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from capserve.server import workers
-    from capserve.server.protocol import HTTP_PROTOCOL
 
     # Worker processes build their own app, so the options travel by environment.
     if args.registry:
@@ -46,22 +44,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     problem = _settings_problem()
     if problem is not None:
         print(f"capserve: cannot start: {problem}", file=sys.stderr)
-        return 3  # uvicorn's exit code for a server that failed to start
-    options = dict(
-        factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-        access_log=args.access_log, http=HTTP_PROTOCOL,
-    )
-    with workers.shared_state(args.workers):
-        # Several workers: a listening socket each (SO_REUSEPORT) so the kernel spreads connections
-        # evenly; CAPSERVE_REUSE_PORT=0 goes back to uvicorn's one shared socket.
-        shared_socket = not settings.current().reuse_port
-        workers.run(uvicorn.Config("capserve.server.app:create_app", **options), shared_socket=shared_socket)
-    return 0
+        return workers.STARTUP_FAILURE
+    limits = workers.Limits(max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
+                            max_connections=args.max_connections, backlog=args.backlog)
+    return workers.run("capserve.server.app:create_app", host=args.host, port=args.port, workers=args.workers,
+                       limits=limits, log_level=args.log_level, access_log=args.access_log)
 
 
 def _settings_problem() -> str | None:
     """What is wrong with the environment's settings, found before any worker starts (a worker
-    that fails on them would be restarted over and over by uvicorn's supervisor)."""
+    that fails on them would be restarted over and over)."""
     from capserve.server.access import Access
 
     try:
@@ -139,6 +131,32 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    import uvicorn
+
+    from capserve.server.app import create_app
+
+    from capserve.core.spec import SITE_PATTERN
+
+    if not SITE_PATTERN.fullmatch(args.site):
+        print(f"capserve: --site {args.site!r} is not a site name (lowercase letters, digits, - and _)", file=sys.stderr)
+        return 2
+    folder = args.folder.resolve()
+    if not folder.is_dir():
+        print(f"capserve: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    registry = _load_registry(args)
+    app = create_app(registry, access=None, watch=False, label=(args.site, folder))
+    url = f"http://{args.host}:{args.port}/#label/{args.site}"
+    print(f"labelling {folder} at {url}  (Ctrl+C to stop)", flush=True)
+    if args.open:
+        webbrowser.open(url)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from capserve.core.spec import json_schema
 
@@ -155,9 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (one per core is a good start)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--lazy", action="store_true", help="load each model on its site's first request")
+    limits = Limits()
+    serve.add_argument("--max-header-bytes", type=int, default=limits.max_header_bytes, metavar="N",
+                       help="largest request line and headers; larger ones get 431 (default %(default)s)")
+    serve.add_argument("--header-timeout", type=float, default=limits.header_timeout, metavar="SECONDS",
+                       help="close a connection whose next request's headers have not arrived in time, "
+                            "idle kept-alive ones included (default %(default)s)")
+    serve.add_argument("--max-connections", type=int, default=limits.max_connections, metavar="N",
+                       help="open connections per worker; more wait in the listen backlog (default %(default)s)")
+    serve.add_argument("--backlog", type=int, default=limits.backlog, metavar="N",
+                       help="connections the kernel queues for the workers (default %(default)s)")
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="recognize image files with a registered site's model")
@@ -180,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     settings_parser = sub.add_parser("settings", help="print every CAPSERVE_* setting as this environment sets it")
     settings_parser.add_argument("--markdown", action="store_true", help="the settings table of docs/operating.md")
     settings_parser.set_defaults(func=cmd_settings)
+
+    label = sub.add_parser("label", help="label a folder of images in the browser (labels.csv, for train --data)")
+    _registry_args(label)
+    label.add_argument("folder", type=Path, metavar="DIR", help="the folder of images; labels go into DIR/labels.csv")
+    label.add_argument("--site", default="folder",
+                       help="the site whose model pre-fills each guess and whose train command is shown")
+    label.add_argument("--host", default="127.0.0.1")
+    label.add_argument("--port", type=int, default=8001)
+    label.add_argument("--no-open", dest="open", action="store_false", help="do not open a browser")
+    label.set_defaults(func=cmd_label)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of model.yaml (for editors)")
     schema.set_defaults(func=cmd_schema)

@@ -51,6 +51,9 @@ _RESULT = {
             "description": "with ?details=true: milliseconds spent decoding, preprocessing, in the model and post-processing",
             "additionalProperties": {"type": "number"},
         },
+        "preview": {"type": "string", "description": "with ?details=preview: the preprocessed image, a PNG data URI"},
+        "sample": {"type": ["string", "null"],
+                   "description": "with ?keep=true: the name the image was kept under (null when it could not be)"},
     },
 }
 _VERSION = {
@@ -63,6 +66,7 @@ _VERSION = {
         "version": {"type": ["integer", "null"]},
         "error": {"type": "string"},
         "serving_version": {"type": "integer"},
+        "report": {**_STRINGS, "description": "the files of the entry's report/ folder (GET .../report/{name})"},
     },
 }
 _MODEL = {
@@ -112,7 +116,7 @@ _STATUS_TEXT = {
     400: "missing image, bad base64, bad JSON or form, bad parameter",
     401: "an API key or a request signature is required, or the one sent is not valid",
     403: "the API key may not use this site",
-    404: "unknown site",
+    404: "unknown site (or sample, or report file; or collecting samples is off)",
     413: "body or image too large",
     415: "unsupported content type or image format",
     422: "not a decodable image",
@@ -143,8 +147,31 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 _SECURITY = [{}, {"apiKey": []}, {"bearer": []}]  # keys are off unless the server is given some
 _SITE = {"name": "site", "in": "path", "required": True, "schema": {"type": "string", "pattern": SITE_PATTERN.pattern}}
-_DETAILS = {"name": "details", "in": "query", "required": False, "schema": {"type": "boolean"},
-            "description": "also answer raw_text, characters (with their probabilities) and timings_ms"}
+_DETAILS = {"name": "details", "in": "query", "required": False,
+            "schema": {"anyOf": [{"type": "boolean"}, {"const": "preview"}]},
+            "description": "also answer raw_text, characters (with their probabilities) and timings_ms; "
+                           "preview: and the preprocessed image"}
+_KEEP = {"name": "keep", "in": "query", "required": False, "schema": {"type": "boolean"},
+         "description": "store the image and the answer as a sample when CAPSERVE_SAMPLES_DIR is set"}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}}
+_SAMPLES = {
+    "type": "object",
+    "required": ["ok", "site", "labelled", "samples", "command"],
+    "properties": {
+        "ok": {"const": True},
+        "site": {"type": "string"},
+        "labelled": {"type": "integer", "description": "samples of the folder that have a label"},
+        "samples": {"type": "array", "description": "the unlabelled samples, oldest first", "items": {
+            "type": "object", "required": ["name", "answer"],
+            "properties": {"name": {"type": "string"}, "answer": {"type": ["string", "null"]}}}},
+        "command": {"type": "string", "description": "the capserve train command that fine-tunes on the labels"},
+    },
+}
+_CONSOLE = {
+    "type": "object",
+    "required": ["keys", "samples", "label_site"],
+    "properties": {"keys": {"type": "boolean"}, "samples": {"type": "boolean"}, "label_site": {"type": ["string", "null"]}},
+}
 _SIGNATURE = [
     {"name": "X-Capserve-Timestamp", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "unix seconds; with request signing on (docs/security.md)"},
@@ -182,6 +209,7 @@ def openapi_schema() -> dict[str, Any]:
                         {"name": "base64Image", "in": "query", "required": True, "schema": {"type": "string"},
                          "description": "the image, base64 (standard or URL-safe, padding optional) or a data URI"},
                         _DETAILS,
+                        _KEEP,
                         *_SIGNATURE,
                     ],
                     "responses": _RECOGNIZED,
@@ -189,7 +217,7 @@ def openapi_schema() -> dict[str, Any]:
                 "post": {
                     "summary": "Recognize a captcha sent as JSON, a multipart file or raw bytes",
                     "security": _SECURITY,
-                    "parameters": [_SITE, _DETAILS, *_SIGNATURE],
+                    "parameters": [_SITE, _DETAILS, _KEEP, *_SIGNATURE],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -223,6 +251,59 @@ def openapi_schema() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/models/{site}/{version}/report/{name}": {"get": {
+                "summary": "A file of an entry's training report (only the files its report/ folder holds)",
+                "security": _SECURITY,
+                "parameters": [_SITE, {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}, _NAME],
+                "responses": {"200": {"description": "the file", "content": {
+                    t: {"schema": {"type": "string"}} for t in ("image/png", "application/json", "text/markdown", "text/plain", "text/csv")}},
+                    **_STATUS_ERRORS, **_errors(404)},
+            }},
+            "/v1/samples/{site}": {
+                "get": {
+                    "summary": "The site's unlabelled samples and the train command for its labels",
+                    "security": _SECURITY,
+                    "parameters": [_SITE],
+                    "responses": {"200": _json(_SAMPLES, "OK"), **_errors(401, 403, 404, 429)},
+                },
+                "post": {
+                    "summary": "Report a wrong answer: keep the image as a sample with what the model answered",
+                    "security": _SECURITY,
+                    "parameters": [_SITE, {"name": "answer", "in": "query", "required": False, "schema": {"type": "string"},
+                                           "description": "what the model answered"}],
+                    "requestBody": {"required": True, "content": {"image/*": binary, "application/octet-stream": binary,
+                        "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                                           "properties": {"image": {"type": "string", "format": "binary"}}}}}},
+                    "responses": {
+                        "201": _json({"type": "object", "required": ["ok", "site", "sample"],
+                                      "properties": {"ok": {"const": True}, "site": {"type": "string"}, "sample": {"type": "string"}}},
+                                     "kept"),
+                        **_errors(400, 401, 403, 404, 413, 415, 422, 429, 500),
+                    },
+                },
+            },
+            "/v1/samples/{site}/{name}": {
+                "get": {
+                    "summary": "One sample's image",
+                    "security": _SECURITY,
+                    "parameters": [_SITE, _NAME],
+                    "responses": {"200": {"description": "the image", "content": {"image/*": binary}}, **_errors(401, 403, 404, 429)},
+                },
+                "put": {
+                    "summary": "Label a sample (written to the folder's labels.csv)",
+                    "security": _SECURITY,
+                    "parameters": [_SITE, _NAME],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}}}},
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["ok", "name", "label"], "properties": {
+                            "ok": {"const": True}, "name": {"type": "string"}, "label": {"type": "string"}}}, "labelled"),
+                        **_errors(400, 401, 403, 404, 413, 429),
+                    },
+                },
+            },
+            "/v1/console": {"get": {"summary": "What the web console needs first: keys on, collection on, a labelling server's site",
+                                     "responses": {"200": _json(_CONSOLE, "OK")}}},
             "/healthz": {"get": {"summary": "The process is up", "responses": {
                 "200": _json({"type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}, "up")}}},
             "/readyz": {"get": {"summary": "Models are loaded", "responses": {

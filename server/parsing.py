@@ -110,17 +110,34 @@ async def _from_form(request: Request, body: bytes, max_bytes: int) -> bytes:
     raise MissingImage('the form has no "image" field')
 
 
-def wants_details(request: Request) -> bool:
-    """``?details=true``: answer with the per-character confidences and timings as well."""
-    if b"details" not in request.scope["query_string"]:
-        return False  # without parsing the query: a POST has none, a GET's holds the image
-    value = request.query_params.get("details")
+def query_flag(request: Request, name: str, extra: tuple[str, ...] = ()) -> bool | str:
+    """A true/false query parameter (or one of the ``extra`` words, returned as given); False
+    when absent. The query is parsed only if the name occurs in it: a POST has none, and a
+    GET's holds the image."""
+    if name.encode() not in request.scope["query_string"]:
+        return False
+    value = request.query_params.get(name)
     if value is None:
         return False
-    flag = _FLAGS.get(value.strip().lower())
+    word = value.strip().lower()
+    if word in extra:
+        return word
+    flag = _FLAGS.get(word)
     if flag is None:
-        raise BadRequest(f"details must be true or false, not {value[:32]!r}", code="bad_parameter")
+        allowed = ", ".join(("true", "false", *extra))
+        raise BadRequest(f"{name} must be one of {allowed}, not {value[:32]!r}", code="bad_parameter")
     return flag
+
+
+def wants_details(request: Request) -> bool | str:
+    """``?details=true``: answer with the per-character confidences and timings as well;
+    ``?details=preview``: and the preprocessed image the model received."""
+    return query_flag(request, "details", ("preview",))
+
+
+def wants_keep(request: Request) -> bool:
+    """``?keep=true``: store the image and the answer as a sample (when collection is on)."""
+    return bool(query_flag(request, "keep"))
 
 
 async def image_bytes(request: Request, body: bytes, max_bytes: int) -> bytes:

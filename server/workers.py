@@ -1,31 +1,22 @@
-"""How ``capserve serve`` runs uvicorn: on sockets it binds itself, so that each worker can
-drain its accept queue at once (``server/accept.py``); with several workers, a socket each on
-the same port (SO_REUSEPORT). The sockets are bound but not listening: the event loop listens
-when uvicorn starts serving, after the app's start-up (models loaded), so connections are never
-queued on a worker that cannot answer them yet. A port in use fails at once, with exit code 3.
+"""How ``capserve serve`` runs an app: granian's worker processes and HTTP/1 server.
 
-uvicorn's ``--workers`` shares one listening socket between the workers. When connections
-arrive together (a client pool opening, a load balancer reconnecting), whichever worker wakes
-first accepts every pending one: in two runs of 20 bursts of 64 wrk connections to 2 workers,
-11 bursts each put all 64 on one worker (BENCHMARKS.md). That worker's requests queue behind
-each other while the other worker's core has spare time, and tail latency follows the busy one.
-With a socket per worker the largest share in 20 bursts was 33 to 40 of 64.
+granian (a Rust HTTP server, hyper and tokio, with an ASGI interface) starts ``workers``
+processes that each build the app, run its start-up (the registry loads) and only then listen,
+on a socket of their own on the same port (SO_REUSEPORT); it restarts a worker that dies and
+passes SIGTERM and SIGINT on. It sets TCP_NODELAY on every connection and accepts connections
+and parses HTTP in Rust, off the Python event loop that runs the app. The comparison that chose it over uvicorn, with and without capserve's own socket handling, is
+in BENCHMARKS.md.
 
-With ``SO_REUSEPORT`` every worker listens on a socket of its own and the kernel spreads
-new connections over them by a hash of the client address and port. uvicorn's supervisor is
-kept as is (restarts, health checks, signals); only the socket each worker receives differs:
-the object handed to it is rebuilt in the worker, when the worker unpickles its arguments, as
-a new socket bound to the same address. The supervisor itself binds the address once (without
-listening) so that a port in use fails at once with a clear error.
-
-``shared_state`` makes the folder the workers share (Prometheus multiprocess files,
-connection balancing counts) for as long as the server runs.
+What capserve adds: the HTTP limits as one object (``Limits``), a port in use reported in one
+line (granian itself panics with a Rust backtrace), the folder Prometheus' multiprocess files
+live in while several workers run (``shared_state``), and exit code 3 when the workers could not
+be kept running (one failed to start, or failed again within seconds of its restart).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import dataclasses
 import os
 import shutil
 import socket
@@ -33,140 +24,93 @@ import sys
 import tempfile
 from pathlib import Path
 
-import uvicorn
-
-from capserve.server import accept
-
-
-def reuse_port_available() -> bool:
-    return hasattr(socket, "SO_REUSEPORT")
+STARTUP_FAILURE = 3
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when first imported; not imported here
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-def bind(host: str, port: int, *, reuse_port: bool, listen: bool = True, backlog: int = 2048) -> socket.socket:
-    """A TCP socket bound to ``(host, port)``, with SO_REUSEPORT if ``reuse_port`` (listening
-    unless ``listen`` is False)."""
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one client may hold of a worker. Each is granian's, as is what happens over it."""
+
+    max_header_bytes: int = 64 * 1024  # request line and headers; over it: 431 and the connection closed
+    header_timeout: float = 10.0  # seconds to wait for a request's headers, the next one on a kept-alive connection too
+    max_connections: int = 512  # per worker; more wait in the listen backlog until one closes
+    backlog: int = 1024  # connections the kernel queues for the workers; beyond it new ones are refused
+
+    def problem(self) -> str | None:
+        """Why these limits cannot be served, or None."""
+        if self.max_header_bytes < 8192:
+            return "--max-header-bytes must be at least 8192"
+        if not 0.001 <= self.header_timeout <= 60:
+            return "--header-timeout must be between 0.001 and 60 seconds"
+        if self.max_connections < 1:
+            return "--max-connections must be at least 1"
+        if self.backlog < 128:
+            return "--backlog must be at least 128"
+        return None
+
+
+def address_problem(host: str, port: int) -> str | None:
+    """Why ``(host, port)`` cannot be bound now (in use, no such address), or None."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        if listen:
-            sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as granian binds it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot bind {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
-class WorkerSocket:
-    """Stands in for a socket in the supervisor; becomes a fresh SO_REUSEPORT socket in each worker."""
+def run(
+    factory: str, *, host: str, port: int, workers: int, limits: Limits = Limits(), log_level: str = "info",
+    access_log: bool = False,
+) -> int:
+    """Serve the ASGI app built by ``factory`` ("module:function") until a signal stops it;
+    returns the exit code: 0, or ``STARTUP_FAILURE``."""
+    import multiprocessing
 
-    def __init__(self, host: str, port: int, backlog: int) -> None:
-        self.host, self.port, self.backlog = host, port, backlog
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
 
-    def __reduce__(self):
-        return (_listening_socket, (self.host, self.port, self.backlog))
-
-
-def _listening_socket(host: str, port: int, backlog: int) -> socket.socket:
-    # Bound, not listening: the loop listens once the app has started (models loaded), so a
-    # worker that is starting or restarting takes no connections it cannot answer yet.
-    return accept.listening(bind(host, port, reuse_port=True, listen=False, backlog=backlog))
-
-
-def run(config: uvicorn.Config, *, shared_socket: bool = False) -> None:
-    """Serve ``config``: one worker on a listening socket bound here; several on a SO_REUSEPORT
-    socket each, or with ``shared_socket`` (or no SO_REUSEPORT) on uvicorn's one shared socket,
-    which is not drained."""
-    if config.workers < 2:
-        _run_one(config)
-    elif shared_socket or not reuse_port_available():
-        _supervise(config, [config.bind_socket()])
-    else:
-        _run_workers(config)
-
-
-def _run_one(config: uvicorn.Config) -> None:
-    from uvicorn.config import STARTUP_FAILURE
-
-    sock = _bind_or_exit(config, reuse_port=False)
-    host, port = sock.getsockname()[:2]
-    logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", _url(host, port))
-    server = uvicorn.Server(config)
-    try:
-        server.run(sockets=[accept.listening(sock)])
-    except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on
-        pass
-    if not server.started:
-        sys.exit(STARTUP_FAILURE)
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _bind_or_exit(config: uvicorn.Config, *, reuse_port: bool) -> socket.socket:
-    """The socket bound but not listening: the event loop listens once the app has started."""
-    from uvicorn.config import STARTUP_FAILURE
-
-    try:
-        return bind(config.host, config.port, reuse_port=reuse_port, listen=False, backlog=config.backlog)
-    except OSError as exc:
-        logging.getLogger("uvicorn.error").error("cannot bind %s:%s: %s", config.host, config.port, exc)
-        sys.exit(STARTUP_FAILURE)
-
-
-def _run_workers(config: uvicorn.Config) -> None:
-    """Run ``config.workers`` uvicorn workers, each on its own SO_REUSEPORT socket."""
-    reserved = _bind_or_exit(config, reuse_port=True)
-    port = reserved.getsockname()[1]
-    try:
-        config.port = port
-        logging.getLogger("uvicorn.error").info(
-            "Uvicorn running on %s with %d workers, a socket each (SO_REUSEPORT)", _url(config.host, port), config.workers
-        )
-        _supervise(config, [WorkerSocket(config.host, port, config.backlog)])  # type: ignore[list-item]
-    finally:
-        reserved.close()
-
-
-def _supervise(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-    """uvicorn's supervisor over ``config.workers`` workers; exits 3 (as one worker does) when
-    a worker failed to start, where the supervisor alone would return normally."""
-    from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors.multiprocess import Multiprocess
-
-    supervisor = Multiprocess(config, sockets=sockets)
-    supervisor.run()
-    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
-        sys.exit(STARTUP_FAILURE)
+    problem = limits.problem() or address_problem(host, port)
+    if problem is not None:
+        print(f"capserve: cannot start: {problem}", file=sys.stderr)
+        return STARTUP_FAILURE
+    server = Granian(
+        factory, factory=True, interface=Interfaces.ASGI, address=host, port=port, workers=workers,
+        http=HTTPModes.http1, websockets=False, backlog=limits.backlog, backpressure=limits.max_connections,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(limits.header_timeout * 1000)), max_buffer_size=limits.max_header_bytes,
+        ),
+        respawn_failed_workers=True, log_level=log_level, log_access=access_log,
+    )
+    # Forked workers start in a fraction of the time of spawned ones and share the pages of what
+    # this process imported. prometheus_client picks its single- or multi-process mode when it is
+    # first imported, so a worker may be forked only if it imports it after shared_state.
+    multiprocessing.set_start_method("spawn" if "prometheus_client" in sys.modules else "fork", force=True)
+    with shared_state(workers):
+        try:
+            server.serve()
+        except SystemExit as exc:  # granian exits 1 when a worker keeps failing
+            return STARTUP_FAILURE if exc.code else 0
+    return 0
 
 
 @contextlib.contextmanager
 def shared_state(workers: int):
-    """With several workers, a temporary folder they share, removed when the server stops:
-    Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
-    given by the operator is used as is), and the connection counts of server/balance.py."""
-    from capserve.server.balance import BALANCE_DIR_ENV, create_folder
-    from capserve.server.metrics import MULTIPROCESS_ENV, multiprocess_dir
-
-    if workers < 2:
+    """With several workers, a temporary folder for Prometheus' multiprocess files, so /metrics
+    adds up all workers (a PROMETHEUS_MULTIPROC_DIR given by the operator is used as is),
+    removed when the server stops."""
+    if workers < 2 or os.environ.get(MULTIPROCESS_ENV):
         yield
         return
-    folder = Path(tempfile.mkdtemp(prefix="capserve-workers-"))
-    added = {BALANCE_DIR_ENV: folder / "balance"}
-    if multiprocess_dir() is None:
-        added[MULTIPROCESS_ENV] = folder / "metrics"
-    for name, path in added.items():
-        path.mkdir()
-        os.environ[name] = str(path)
-    create_folder(added[BALANCE_DIR_ENV])
+    folder = Path(tempfile.mkdtemp(prefix="capserve-metrics-"))
+    os.environ[MULTIPROCESS_ENV] = str(folder)
     try:
         yield
     finally:
-        for name in added:
-            del os.environ[name]
+        del os.environ[MULTIPROCESS_ENV]
         shutil.rmtree(folder, ignore_errors=True)

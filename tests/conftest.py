@@ -13,15 +13,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO_EXAMPLE = REPO / "docs" / "examples" / "demo-7kp3.png"  # the bundled demo model reads "7kp3"
 
 
-@pytest.fixture(autouse=True)
-def _own_listening_sockets(monkeypatch):
-    """Each test starts with no registered listening sockets (server/accept.py keeps them per
-    process, as a worker does for its whole life)."""
-    from capserve.server import accept
-
-    monkeypatch.setattr(accept, "_listeners", [])
-
-
 @pytest.fixture(scope="session")
 def tiny_model_bytes() -> bytes:
     return model_factory.tiny_tflite()

@@ -5,3 +5,7 @@ async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "start-up fails on purpose"})
+
+
+def create_app():
+    return app

@@ -38,7 +38,7 @@ SHELL_ONLY = {"CAPSERVE_PYTHON", "CAPSERVE_PORT", "CAPSERVE_WORKERS", "CAPSERVE_
 
 def test_every_setting_is_documented_and_no_other():
     in_doc = set(re.findall(r"\bCAPSERVE_[A-Z_]+[A-Z]\b", DOC))
-    assert len(FIELDS) > 20
+    assert len(FIELDS) > 15  # the settings were found at all
     assert in_doc == FIELDS | SHELL_ONLY
 
 

@@ -130,6 +130,9 @@ def test_oversized_query_is_refused(tiny_model_bytes, tmp_path):
 def test_site_names_cannot_reach_paths(client):
     for site in ("..", "%2e%2e", "..%2fetc%2fpasswd", "a" * 300, "DEMO", "tiny%00"):
         r = client.get(f"/recognize/{site}", params={"base64Image": base64.b64encode(GOOD).decode()})
+        if r.url.path == "/":  # the client collapses /recognize/.. to /: the console's page, no recognition
+            assert r.headers["content-type"].startswith("text/html"), site
+            continue
         assert r.status_code == 404, site
 
 

@@ -1,45 +1,152 @@
-"""capserve's uvicorn protocol class sets TCP_NODELAY where uvicorn's multi-worker socket does not."""
+"""The HTTP limits of ``capserve serve``: slow or oversized headers, idle connections and the
+number of connections a worker holds (docs/operating.md, "How connections are handled")."""
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import socket
 
-import uvicorn
-from uvicorn.server import ServerState
+import pytest
 
-from capserve.server.protocol import HTTP_PROTOCOL
+from tests.conftest import png_bytes
+from tests.servers import start_server
+from tests.test_serve_process import _read_response
+
+TIMEOUT = 1.0  # --header-timeout of these servers, seconds
 
 
-async def _nodelay_after_connection(http: str) -> int:
-    async def app(scope, receive, send):  # never called: no request is sent
-        raise AssertionError
+def _connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
 
-    config = uvicorn.Config(app, http=http, log_level="warning", lifespan="off")
-    config.load()
-    # uvicorn's bind_socket for --workers > 1: socket.socket(family), protocol number 0.
-    listener = socket.socket(socket.AF_INET)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    client = socket.create_connection(listener.getsockname())
-    accepted, _ = listener.accept()
+
+def _until_closed(sock: socket.socket, within: float) -> bytes | None:
+    """What the server sends until it closes (or resets) the connection; None if the
+    connection is still open after ``within`` seconds."""
+    sock.settimeout(within)
+    data = b""
     try:
-        loop = asyncio.get_running_loop()
-        protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, accepted)
-        value = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        transport.close()
-        await asyncio.sleep(0)
-        return value
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        return None
+    return data
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory, tiny_model_bytes):
+    from tests import model_factory
+
+    root = tmp_path_factory.mktemp("limits") / "registry"
+    model_factory.write_entry(root / "tiny" / "1", tiny_model_bytes)
+    with start_server(root, "--header-timeout", str(TIMEOUT), "--max-header-bytes", "16384") as base:
+        yield base
+
+
+GET = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def test_a_client_that_sends_partial_headers_is_disconnected(limited):
+    sock = _connect(limited)
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")  # and never the rest
+        answer = _until_closed(sock, within=TIMEOUT + 9)
+        assert answer is not None and not answer.startswith(b"HTTP/1.1 2")
     finally:
-        client.close()
-        listener.close()
+        sock.close()
 
 
-def test_stock_protocol_leaves_nagle_on_for_a_protocol_zero_socket():
-    # The premise: without the class, such a connection keeps Nagle's algorithm.
-    assert asyncio.run(_nodelay_after_connection("h11")) == 0
+def test_an_idle_kept_alive_connection_is_closed(limited):
+    sock = _connect(limited)
+    try:
+        sock.sendall(GET)
+        head, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert _until_closed(sock, within=TIMEOUT + 9) == b""
+    finally:
+        sock.close()
 
 
-def test_capserve_protocol_sets_tcp_nodelay():
-    assert asyncio.run(_nodelay_after_connection(HTTP_PROTOCOL)) != 0
+def test_a_connection_in_use_is_kept(limited):
+    sock = _connect(limited)
+    try:
+        for _ in range(3):  # each request arrives well within the timeout: the connection stays
+            sock.sendall(GET)
+            head, _ = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200")
+    finally:
+        sock.close()
+
+
+def test_an_oversized_header_gets_431_and_is_not_served(limited):
+    sock = _connect(limited)
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        answer = _until_closed(sock, within=10)
+        assert answer is not None  # closed, never served
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    finally:
+        sock.close()
+
+
+def test_headers_under_the_limit_and_a_large_body_are_served(limited):
+    image = png_bytes("5678")
+    query = base64.urlsafe_b64encode(image).decode()
+    sock = _connect(limited)
+    try:
+        sock.sendall(f"GET /recognize/tiny?base64Image={query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        head, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200")
+        # The header limit is not a body limit: a 900 kB body reaches capserve's own checks.
+        body = b"x" * 900_000
+        sock.sendall(b"POST /recognize/tiny HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head, answer = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 422") and b"\"bad_image\"" in answer  # read whole, then judged
+    finally:
+        sock.close()
+
+
+def test_connections_over_the_limit_wait_while_the_others_are_served(registry_dir):
+    with start_server(registry_dir, "--max-connections", "2") as base:
+        held = [_connect(base) for _ in range(2)]
+        extra = None
+        try:
+            for sock in held:
+                sock.sendall(GET)
+                assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+            extra = _connect(base)  # queued by the kernel, not taken by the worker
+            extra.sendall(GET)
+            extra.settimeout(1.5)
+            with pytest.raises(socket.timeout):
+                extra.recv(65536)
+            for sock in held:  # the connections the worker holds are still answered
+                sock.sendall(GET)
+                assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+            held.pop().close()  # a slot frees: the waiting connection is taken and answered
+            extra.settimeout(10)
+            assert _read_response(extra)[0].startswith(b"HTTP/1.1 200")
+        finally:
+            for sock in [*held, *([extra] if extra else [])]:
+                sock.close()
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--max-header-bytes", "100", "--max-header-bytes must be at least 8192"),
+    ("--header-timeout", "0", "--header-timeout must be between"),
+    ("--max-connections", "0", "--max-connections must be at least 1"),
+])
+def test_an_unusable_limit_stops_the_server_at_once(registry_dir, flag, value, words):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "capserve.server.cli", "serve", "--registry", str(registry_dir), "--port", "0", flag, value],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 3
+    assert f"capserve: cannot start: {words}" in proc.stderr

@@ -5,6 +5,8 @@ headers and body each as documented."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +26,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from capserve.model_registry.registry import Registry  # noqa: E402
 from capserve.server.access import Access, ApiKey, digest  # noqa: E402
 from capserve.server.app import ROUTES, create_app  # noqa: E402
+from capserve.server.console import STATIC_ROUTES  # noqa: E402
 from capserve.server.openapi import openapi_schema  # noqa: E402
 from capserve.server.settings import Settings  # noqa: E402
 from tests import model_factory  # noqa: E402
@@ -49,9 +52,27 @@ def registry(tmp_path_factory):
 
 
 def test_every_route_is_documented_and_nothing_else():
+    """Every route but the console's static files (``console.STATIC_ROUTES``, HTML, CSS and
+    script for a browser, no API) is in the document, and the document has nothing else."""
     documented = {(path, method.upper()) for path, item in openapi_schema()["paths"].items() for method in item}
-    served = {(r.path, m) for r in ROUTES if isinstance(r, Route) for m in r.methods if m != "HEAD"}
+    static = set(map(id, STATIC_ROUTES))
+    served = {(re.sub(r":\w+}", "}", r.path), m) for r in ROUTES if isinstance(r, Route) and id(r) not in static
+              for m in r.methods if m != "HEAD"}
     assert documented == served
+    assert not documented & {(r.path, "GET") for r in STATIC_ROUTES}
+
+
+def test_the_static_routes_serve_only_console_files(registry):
+    from starlette.testclient import TestClient
+
+    app = create_app(registry, Settings(), access=Access(), watch=False)
+    with TestClient(app) as client:
+        for path in ("/", "/console/console.js", "/console/console.css"):
+            answer = client.get(path)
+            assert answer.status_code == 200 and "json" not in answer.headers["content-type"]
+            assert "default-src 'none'" in answer.headers["content-security-policy"]
+        assert client.get("/console/index.py").json()["error"]["code"] == "not_found"
+        assert client.post("/").status_code == 405
 
 
 SITES = ("tiny", "broken", None)  # a served site, a FAILED one, and whatever is generated
@@ -77,9 +98,9 @@ def _run(app, headers: dict[str, str] | None = None, examples: int = 25) -> set[
     return {operation.label for operation in operations}
 
 
-def test_answers_conform_with_keys_off(registry):
+def test_answers_conform_with_keys_off(registry, tmp_path):
     # Driven by hand rather than through schemathesis' pytest plugin, which lags pytest releases.
-    app = create_app(registry, Settings(max_body_bytes=64 * 1024), access=Access(), watch=False)
+    app = create_app(registry, Settings(max_body_bytes=64 * 1024, samples_dir=tmp_path), access=Access(), watch=False)
     documented = {f"{m.upper()} {p}" for p, item in openapi_schema()["paths"].items() for m in item}
     assert _run(app) == documented - {"GET /openapi.json"}  # schemathesis leaves out the schema itself
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def test_entries_through_links_outside_the_registry_are_ignored(tmp_path, tiny_m
     assert registry.sites() == [] and registry.entries() == []
 
 
-def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_bytes):
+def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_bytes, monkeypatch):
     from capserve.model_registry.registry import UNLOADED
 
     model_factory.write_entry(registry_dir / "tiny" / "2", tiny_model_bytes, version=2)
@@ -176,8 +177,14 @@ def test_lazy_mode_loads_a_site_on_its_first_request(registry_dir, tiny_model_by
     assert registry.sites() == ["bad", "tiny"] and registry.serving("tiny") is None
     assert {e.state for e in registry.site_entries("tiny")} == {UNLOADED}
 
-    with pytest.raises(ModelUnavailable):  # the first request starts the load, in a thread
+    from capserve.core.model import Model
+
+    release, real_warm_up = threading.Event(), Model.warm_up
+    monkeypatch.setattr(Model, "warm_up", lambda model: (release.wait(30), real_warm_up(model)))
+    with pytest.raises(ModelUnavailable):  # the first request starts the load, in a thread, and returns
         registry.get("tiny")
+    assert registry.loading("tiny") is not None and registry.serving("tiny") is None
+    release.set()
     model = registry.get("tiny", wait=60)
     assert model.spec.version == 2 and registry.serving("tiny") is model
     assert {e.state for e in registry.site_entries("tiny")} == {AVAILABLE}

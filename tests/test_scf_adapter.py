@@ -309,7 +309,9 @@ def test_base_path_is_stripped(app, png, monkeypatch):
     for kind in KINDS:
         event = make_event(kind, "GET", "/capserve/recognize/tiny", query=[("base64Image", b64(png))])
         assert adapter.handle(app, event)["statusCode"] == 200, kind
-        assert adapter.handle(app, make_event(kind, "GET", "/capserve"))["statusCode"] == 404
+        root = adapter.handle(app, make_event(kind, "GET", "/capserve"))  # the prefix alone is the root: the console
+        assert root["statusCode"] == 200 and root["headers"]["content-type"].startswith("text/html"), kind
+        assert adapter.handle(app, make_event(kind, "GET", "/capserve/nothing"))["statusCode"] == 404
 
 
 def test_repeated_query_keys_keep_the_first_image(client, app, png):

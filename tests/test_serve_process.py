@@ -58,8 +58,7 @@ def test_hot_reload_in_a_running_server(server, registry_dir, tiny_model_bytes):
 
 
 def test_a_burst_of_new_connections_is_answered_on_every_connection(server, registry_dir):
-    """Connections queued together are accepted together (server/accept.py); each one is
-    still served whole, in order, over keep-alive."""
+    """Connections opened together are all served, each one whole and in order, over keep-alive."""
     img = png_bytes("4242")
     local = Registry([registry_dir])
     local.refresh()
@@ -101,7 +100,7 @@ def test_a_port_in_use_fails_at_once_with_a_clear_message(registry_dir):
             [sys.executable, "-m", "capserve.server.cli", "serve", "--registry", str(registry_dir), "--port", str(port)],
             cwd=REPO, capture_output=True, text=True, timeout=60,
         )
-    assert proc.returncode == 3  # uvicorn's STARTUP_FAILURE
+    assert proc.returncode == 3
     assert f"cannot bind 127.0.0.1:{port}" in proc.stderr
 
 

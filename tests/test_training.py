@@ -375,14 +375,14 @@ def test_unseen_styles_transparency_animation_noise_case(tmp_path, capsys):
 
 
 def test_transparent_still_images_get_flatten_alpha(tmp_path):
-    from capserve.training.pipeline import TrainOptions, prepare
+    from capserve.training.pipeline import TrainOptions, configure, prepare
     from tests.training_helpers import write_styled_folder
 
     write_styled_folder(tmp_path / "d", 40, charset="ab", styles=("alpha", "plain"))
-    _, _, _, _, chain = prepare(TrainOptions(site="x", out=tmp_path / "o", data=tmp_path / "d"))
+    _, _, _, _, chain = prepare(configure(TrainOptions(site="x", out=tmp_path / "o", data=tmp_path / "d"))[0])
     assert chain[0] == "flatten_alpha"
     write_styled_folder(tmp_path / "p", 40, charset="ab", styles=("plain",))
-    _, _, _, _, chain = prepare(TrainOptions(site="x", out=tmp_path / "o", data=tmp_path / "p"))
+    _, _, _, _, chain = prepare(configure(TrainOptions(site="x", out=tmp_path / "o", data=tmp_path / "p"))[0])
     assert chain == datasets.default_preprocess(1)
 
 

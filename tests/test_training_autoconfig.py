@@ -82,7 +82,30 @@ def test_animated_images_get_a_frames_step(tmp_path):
         lines.append(f"{i}.gif,{text}")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     options, choices = choose(folder)
-    assert options.preprocess[0] == "frames_min" and choices["frames"].value == "frames_min"
+    assert choices["frames"].value in autoconfig.FRAMES_CANDIDATES
+    assert options.preprocess[0] == choices["frames"].value
+    assert all(step in choices["frames"].why for step in autoconfig.FRAMES_CANDIDATES)  # each was tried
+
+
+@pytest.mark.slow
+def test_the_frames_probe_picks_the_step_that_shows_the_text(tmp_path):
+    """Light text on black, a character per frame: only the brightest value over the frames
+    shows the whole text (the darkest shows none of it)."""
+    folder = tmp_path / "light"
+    folder.mkdir()
+    lines = ["file,label"]
+    for i, text in enumerate(labels(600, charset="abcdef", seed=6)):
+        frames = [draw(text[k] if k < len(text) else "", size=(72, 24), fg=(255, 255, 255), bg=(0, 0, 0))
+                  for k in range(5)]
+        for k, frame in enumerate(frames):  # move each frame's character to its place in the word
+            shifted = Image.new("RGB", frame.size, (0, 0, 0))
+            shifted.paste(frame, (k * 12, 0))
+            frames[k] = shifted
+        frames[0].save(folder / f"{i}.gif", save_all=True, append_images=frames[1:], duration=100)
+        lines.append(f"{i}.gif,{text}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    options, choices = choose(folder)
+    assert choices["frames"].value == "frames_max", choices["frames"].why
 
 
 def test_colour_is_kept_only_where_it_carries_the_text(tmp_path):

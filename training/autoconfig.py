@@ -117,3 +117,39 @@ def case_rule(labels: Sequence[str]) -> str:
     if upper or lower:
         return f"the labels are all {'upper' if upper else 'lower'} case"
     return "the labels have no letters"
+
+
+FRAMES_CANDIDATES = ("frames_min", "frames_max", "frames_median", "frames_blend")
+PROBE_IMAGES, PROBE_VALIDATION, PROBE_STEPS = 1200, 300, 150
+
+
+def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0) -> tuple[str, dict[str, float]]:
+    """The frames step under which a small model learns the animated images best: each candidate
+    trains the same small model from the same seed for ``PROBE_STEPS`` steps on a sample of
+    ``items`` (``(path, label)``) and is scored by character accuracy on held-out images of it."""
+    import random
+
+    from capserve.plugins.manager import compile_preprocess
+    from capserve.training.datasets import Dataset, file_tensor
+    from capserve.training.models import ModelConfig
+    from capserve.training.train import TrainConfig, fit
+
+    sample = random.Random(seed).sample(list(items), min(len(items), PROBE_IMAGES + PROBE_VALIDATION))
+    cut = max(1, len(sample) * PROBE_IMAGES // (PROBE_IMAGES + PROBE_VALIDATION))
+    config = ModelConfig(height=shape.height, width=shape.width, channels=shape.channels,
+                         charset_size=len(charset), length=max_length, filters=(8, 16, 32, 32), units=64)
+    batch = 32
+    scores = {}
+    for step in FRAMES_CANDIDATES:
+        chain = [step, *(["grayscale"] if shape.channels == 1 else []), {"resize": {"mode": "stretch"}}, "normalize"]
+        pre = compile_preprocess(chain, shape)
+        x = np.stack([file_tensor(path.read_bytes(), pre) for path, _ in sample])
+        labels = [label for _, label in sample]
+        train = Dataset(x[:cut], labels[:cut], ["probe"] * cut)
+        val = Dataset(x[cut:], labels[cut:], ["probe"] * (len(sample) - cut))
+        epochs = max(1, -(-PROBE_STEPS * batch // len(train)))
+        result = fit(config, charset, train, val, TrainConfig(epochs=epochs, batch_size=batch, augment={}, seed=seed,
+                                                              progress="none", catch_signals=False))
+        scores[step] = max(r.char_accuracy for r in result.history)
+    best = max(FRAMES_CANDIDATES, key=lambda s: (scores[s], -FRAMES_CANDIDATES.index(s)))
+    return best, scores

@@ -143,10 +143,17 @@ def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choi
         alpha, animated = _traits(options)
         chain = datasets.default_preprocess(changes.get("channels", options.channels), alpha=alpha, animated=animated)
         changes["preprocess"] = chain
-        if animated:
-            choices.append(autoconfig.Choice("frames", "frames_min", "animated images: each pixel's darkest value over "
-                                             "the frames, so dark text that blinks or appears in parts is whole",
-                                             "--preprocess"))
+        if animated and options.data is not None:
+            shape = InputShape(changes.get("width", options.width), changes.get("height", options.height),
+                               changes.get("channels", options.channels))
+            items = datasets.scan_folder(options.data, case=options.case)
+            charset = options.charset or "".join(sorted(set("".join(labels))))
+            log(f"animated images: trying {', '.join(autoconfig.FRAMES_CANDIDATES)} on a sample ...")
+            best, scores = autoconfig.probe_frames(items, shape, charset, max_length, seed=options.seed)
+            chain[0] = best
+            tried = ", ".join(f"{step} {score:.2f}" for step, score in scores.items())
+            choices.append(autoconfig.Choice("frames", best, f"animated images; character accuracy of a short "
+                                             f"probe run: {tried}", "--preprocess"))
         elif alpha:
             choices.append(autoconfig.Choice("transparency", "flatten_alpha", "transparent images, composited onto "
                                              "white as a browser shows them", "--preprocess"))
@@ -252,9 +259,8 @@ def export_reserve(budget: float) -> float:
     return min(60.0, 0.15 * budget)
 
 
-def plateau(budget_epochs: int) -> int:
-    """Epochs without a better validation accuracy after which a budgeted run stops."""
-    return max(5, budget_epochs // 4)
+PLATEAU = 0.25
+"""A budgeted run stops after max(5, this share of its planned epochs) without a better accuracy."""
 
 
 def has_gpu() -> bool:
@@ -323,9 +329,6 @@ def _run(options: TrainOptions, started: float, stop) -> Path | None:
         budget = DEFAULT_CPU_BUDGET
     deadline = started + budget - export_reserve(budget) if budget else None
     epochs = options.epochs or (BUDGET_EPOCHS if deadline else auto_epochs(len(train), options.batch_size))
-    patience = options.patience
-    if patience is None and deadline is not None and options.epochs is None:
-        patience = plateau(epochs)
     if deadline is not None:
         log(f"time budget {budget / 60:.1f} min for the whole run: training stops "
             f"{max(0, deadline - time.monotonic()) / 60:.1f} min from now, {export_reserve(budget):.0f} s kept for export")
@@ -334,7 +337,8 @@ def _run(options: TrainOptions, started: float, stop) -> Path | None:
         batch_size=options.batch_size,
         learning_rate=options.learning_rate,
         target_accuracy=options.target_accuracy,
-        patience=patience,
+        patience=options.patience,
+        plateau=PLATEAU if deadline is not None and options.epochs is None else None,
         deadline=deadline,
         stop=stop,
         augment=parse_augment(options.augment),

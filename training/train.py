@@ -74,6 +74,7 @@ class TrainConfig:
     warm_start: Path | None = None  # a checkpoint folder whose best weights start a new run
     progress: str = "auto"  # bar | epoch | none | auto (bar on a terminal, epoch lines otherwise)
     deadline: float | None = None  # time.monotonic() by which training must stop (the time budget)
+    plateau: float | None = None  # stop after max(5, this share of the planned epochs) with no gain of any kind
     catch_signals: bool = True  # SIGTERM and a first Ctrl-C stop training; the best weights are kept
     stop: "StopRequest | None" = None  # a caller's own, installed for longer than fit (training's pipeline)
 
@@ -98,7 +99,7 @@ class TrainResult:
     best_epoch: int
     best_accuracy: float
     seconds: float
-    stopped: str  # "target", "patience", "epochs", "budget", "signal"
+    stopped: str  # "target", "patience", "plateau", "epochs", "budget", "signal"
     predictions: list[str]  # validation predictions of the best model
 
 
@@ -275,6 +276,8 @@ def _callback(model, schedule: dict, stop: StopRequest, deadline: float | None, 
 
         def on_train_batch_end(self, batch, logs=None):
             schedule["step"] += 1
+            if batch in (WARM_STEPS, schedule["last_batch"]):  # the steady step time, tracing left out
+                schedule["clock"][batch] = time.perf_counter()
             if bar is not None:
                 bar.update(1)
             if deadline is not None and time.monotonic() >= deadline and stop.reason is None:
@@ -330,7 +333,8 @@ def fit(
         if config.warm_start is not None:
             _load_warm_start(Path(config.warm_start), model, model_config, charset)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=losses[decoder])
-    schedule = {"step": initial_epoch * steps_per_epoch, "total": steps_per_epoch * epochs, "peak": config.learning_rate}
+    schedule = {"step": initial_epoch * steps_per_epoch, "total": steps_per_epoch * epochs, "peak": config.learning_rate,
+                "clock": {}, "last_batch": steps_per_epoch - 1 if steps_per_epoch > WARM_STEPS + 1 else -1}
 
     best_weights = model.get_weights() if best_epoch else None
     if ckpt is not None and best_epoch and (ckpt / "best.weights.h5").is_file():
@@ -350,7 +354,8 @@ def fit(
     bar = _progress_bar(schedule["total"], progress)
     steps = _callback(model, schedule, stop, config.deadline, bar)
     started = time.perf_counter()
-    epoch = initial_epoch
+    epoch = last_gain = initial_epoch
+    best_char, best_loss = -1.0, math.inf
     try:
         while epoch < epochs and stop_reason == "epochs":
             t0 = time.perf_counter()
@@ -369,13 +374,29 @@ def fit(
             )
             history.append(record)
             improved = record.sequence_accuracy > best_acc
+            # A plateau is no gain in sequence or character accuracy, nor 1% less loss: early in
+            # a CTC run the sequence accuracy sits at 0 for epochs while the rest improves.
+            if improved or record.char_accuracy > best_char or record.loss < 0.99 * best_loss:
+                last_gain = epoch
+            best_char, best_loss = max(best_char, record.char_accuracy), min(best_loss, record.loss)
             if improved:
                 best_acc, best_epoch, best_weights = record.sequence_accuracy, epoch, model.get_weights()
-            if config.deadline is not None and epoch == initial_epoch + 1 and stop.reason is None:
-                epochs = _plan(epoch, record.seconds, config.deadline, epochs, config.epochs)
-                schedule["total"] = steps_per_epoch * epochs
-                if bar is not None:
-                    bar.total = schedule["total"]
+            if config.deadline is not None and epoch - initial_epoch <= REPLAN_EPOCHS and stop.reason is None:
+                # The first epoch pays for tracing: its steady step time (after WARM_STEPS) and the
+                # validation's time plan the run; the next epochs' times correct a plan off by 20%.
+                seconds = record.seconds
+                clock = schedule["clock"]
+                if epoch == initial_epoch + 1 and len(clock) == 2:
+                    steady = (clock[schedule["last_batch"]] - clock[WARM_STEPS]) / (schedule["last_batch"] - WARM_STEPS)
+                    seconds = steady * steps_per_epoch + time.perf_counter() - clock[schedule["last_batch"]]
+                planned = _plan(epoch, seconds, config.deadline, config.epochs)
+                if epoch == initial_epoch + 1 or abs(planned - epochs) > 0.2 * epochs:
+                    epochs = planned
+                    _log(f"an epoch takes {seconds:.1f}s: {epochs} epochs fit the time budget; "
+                         "the learning rate decays over them")
+                    schedule["total"] = steps_per_epoch * epochs
+                    if bar is not None:
+                        bar.total = schedule["total"]
             if bar is not None:
                 left = "" if config.deadline is None else f", {max(0, config.deadline - time.monotonic()) / 60:.1f} min left"
                 bar.set_postfix_str(f"epoch {epoch}/{epochs}, best {best_acc:.4f}{left}")
@@ -396,6 +417,8 @@ def fit(
                 stop_reason = "target"
             elif config.patience is not None and epoch - best_epoch >= config.patience:
                 stop_reason = "patience"
+            elif config.plateau and epoch - last_gain >= max(5, int(epochs * config.plateau)):
+                stop_reason = "plateau"
     finally:
         stop.restore()
         if bar is not None:
@@ -413,13 +436,16 @@ def fit(
     )
 
 
-def _plan(done: int, epoch_seconds: float, deadline: float, planned: int, cap: int) -> int:
-    """Epochs that fit before ``deadline`` after ``done`` of them took ``epoch_seconds`` each."""
+WARM_STEPS = 3
+"""Steps of a run's first epoch left out of its steady step time (tracing, warm-up)."""
+REPLAN_EPOCHS = 3
+"""A budgeted run plans its epochs again after each of its first epochs."""
+
+
+def _plan(done: int, epoch_seconds: float, deadline: float, cap: int) -> int:
+    """Epochs that fit before ``deadline`` after ``done`` of them, at ``epoch_seconds`` each."""
     fit_more = int(max(0.0, deadline - time.monotonic()) // max(epoch_seconds, 1e-3))
-    epochs = max(done, min(cap, done + fit_more))
-    _log(f"an epoch takes {epoch_seconds:.0f}s: {epochs} epochs fit the time budget"
-         + (f" (capped at {cap})" if done + fit_more > cap else "") + "; the learning rate decays over them")
-    return epochs
+    return max(done, min(cap, done + fit_more))
 
 
 def _checkpoint_state(folder: Path, model_config: ModelConfig, charset: str, hint: str = "") -> dict:
