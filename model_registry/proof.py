@@ -7,7 +7,8 @@ allocates its tensors and runs it on all-zero and all-one inputs under an addres
 (``RLIMIT_AS``), and answers one line per file. A file whose child dies, runs out of memory or
 runs past the time limit is refused with the reason; the rest are proven in a fresh child.
 
-Verdicts are cached by the file's SHA-256 (and the memory limit), so a rescan never re-proves an unchanged file.
+Verdicts are cached by the file's SHA-256 (and the memory limit), so a rescan never proves an
+unchanged file again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 TIMEOUT_S = 30.0  # per file, from the child's start
@@ -64,13 +66,10 @@ def _run_child(contents: list[bytes], timeout: float, memory: int) -> tuple[list
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
     )
     answers: list[str | None] = []
+    # The child reads everything before it loads anything; a thread feeds it, so that a child
+    # that stops reading cannot block this one past the deadline.
+    threading.Thread(target=_feed, args=(proc.stdin, contents), daemon=True).start()
     try:
-        try:
-            for content in contents:  # the child reads everything before it loads anything
-                proc.stdin.write(struct.pack(">Q", len(content)) + content)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
         deadline = time.monotonic() + timeout
         while len(answers) < len(contents):
             ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
@@ -89,6 +88,15 @@ def _run_child(contents: list[bytes], timeout: float, memory: int) -> tuple[list
         proc.wait()
         proc.stdout.close()
     return answers, False
+
+
+def _feed(stdin, contents: list[bytes]) -> None:
+    try:
+        for content in contents:
+            stdin.write(struct.pack(">Q", len(content)) + content)
+        stdin.close()
+    except (BrokenPipeError, ValueError):  # the child is gone (or was killed)
+        pass
 
 
 def _death(proc: subprocess.Popen) -> str:
