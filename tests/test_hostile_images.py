@@ -191,6 +191,9 @@ def test_a_good_request_is_answered_beside_the_bombs(registry_root):
             statuses = list(bombs)
         assert answer.status_code == 200 and answer.json()["text"] == expected
         assert statuses == [422, 413, 422, 413]
+        # an image large enough for the decode pool is answered by the serving worker too
+        large = httpx.post(f"{base}/recognize/tiny", content=png_bytes(size=(1000, 500)), timeout=60)
+        assert large.status_code == 200 and large.json()["ok"] is True
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
