@@ -197,7 +197,7 @@ async def load(base: str, site: str, samples, duration: float, concurrency: int,
                 try:
                     r = await client.request(method, f"{base}/recognize/{site}", **kwargs)
                 except httpx.TransportError:
-                    counts["bad: transport error"] += 1
+                    counts[f"bad: transport error ({name})"] += 1
                     continue
                 kind = "5xx" if r.status_code >= 500 else ("expected 4xx" if r.status_code == expected else f"other {r.status_code}")
                 counts[f"bad: {kind}"] += 1
