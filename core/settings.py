@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from capserve.core.images import DEFAULT_FORMATS, ImageLimits
 
 PREFIX = "CAPSERVE_"
-SECRETS = ("api_keys", "hmac_secret")  # never printed
+SECRETS = ("api_keys", "hmac_secret", "protocol_secret", "redis_url")  # never printed
 
 
 class SettingsError(ValueError):
@@ -54,20 +54,34 @@ class Settings(BaseSettings):
     public_status: bool = _setting(False, "`1`: `/v1/*` and `/metrics` stay open when keys are on")
     hmac_secret: str | None = _setting(None, "require signed requests", "off")
     hmac_window: float = _setting(300, "seconds a signature's timestamp may be off", gt=0)
+    redis_url: str | None = _setting(
+        None, "a Redis server shared by every machine, container or replica, which then share the rate limits and "
+        "the used signatures (`redis://host:6379/1`; [security.md](security.md#where-the-limits-hold))", "off")
+    redis_fail: Literal["closed", "open"] = _setting(
+        "closed", "rate limits while Redis cannot be reached: `closed` answers 503 `limits_unavailable`, `open` "
+        "lets the requests through; signed requests are refused either way")
+    limits_dir: Path | None = _setting(
+        None, "the folder where the workers share rate limits and used signatures (a file they map), when "
+        "`CAPSERVE_REDIS_URL` is unset; `capserve serve --workers N` makes and removes it", "set by capserve")
     samples_dir: Path | None = _setting(
         None, "collect samples here: `keep=true` requests and reported wrong answers, a folder per site "
         "([console.md](console.md))", "off")
     samples_max_count: int = _setting(10_000, "most samples kept per site; the oldest go first", ge=1)
     samples_max_bytes: int = _setting(200 * 1024 * 1024, "most bytes of images kept per site; the oldest go first", ge=1)
+    default_site: str | None = _setting(
+        None, "the site the 2captcha and createTask routes use when neither the request nor its key names one; "
+        "`--default-site` sets it ([clients.md](clients.md))", "none")
+    protocol_secret: str | None = _setting(
+        None, "signs the captcha ids of the 2captcha and createTask routes; set the same one on every machine "
+        "behind a load balancer", "random, shared by the workers of one `capserve serve`")
     load_plugins: bool = _setting(True, "`0`: load built-in plugins only ([plugins.md](plugins.md))")
     trace_plugins: bool = _setting(False, "`1`: print every plugin hook call to stderr")
     scf_refresh_interval: float = _setting(
         0, "cloud function: seconds after which an invocation rescans the registry; `0`: load once per "
         "container ([deploy-scf.md](deploy-scf.md))", ge=0)
     base_path: str = _setting("", "cloud function: a path prefix the trigger adds, stripped before routing", "none")
-    wheelhouse: Path = _setting(
-        Path.home() / ".cache" / "capserve" / "wheels", "the wheel cache of `capserve scf package`",
-        "`~/.cache/capserve/wheels`")
+    wheelhouse: Path | None = _setting(
+        None, "a folder of extra wheels for `capserve scf package` (uv `--find-links`)", "none")
     verbose_export: bool = _setting(False, "`1`: TensorFlow's own output while `capserve train` converts a model to TFLite")
 
     def __init__(self, **values: Any) -> None:

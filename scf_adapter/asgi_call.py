@@ -2,7 +2,8 @@
 
 The app sees exactly what uvicorn would give it for the same request (an ``http`` scope,
 the body in one ``http.request`` message, ``http.disconnect`` once the response is sent),
-so routing, parsing and error answers are the HTTP server's own. Lifespan is not run:
+so routing, parsing and error answers are the HTTP server's own; like a server, it drops the
+body of an answer to ``HEAD``. Lifespan is not run:
 whoever builds the app loads what it needs first (``capserve.scf_adapter.handler`` does, at import).
 """
 
@@ -82,7 +83,8 @@ async def call_async(app: ASGIApp, request: HttpRequest) -> HttpResponse:
         finished.set()
     if status is None:
         return HttpResponse(500, [(b"content-type", b"application/json")], _INTERNAL_ERROR)
-    return HttpResponse(status, headers, b"".join(chunks))
+    # A server sends no body in answer to HEAD (RFC 9110 9.3.2), whatever the app wrote.
+    return HttpResponse(status, headers, b"" if request.method == "HEAD" else b"".join(chunks))
 
 
 def call(app: ASGIApp, request: HttpRequest) -> HttpResponse:

@@ -24,15 +24,18 @@ def add_parsers(subparsers) -> None:
     package.add_argument("--python", default="3.10", metavar="X.Y",
                          help="target Python: 3.10 (SCF runtime Python3.10, the default); 3.11+ build for local tests")
     package.add_argument("--trigger", choices=("http", "apigw"), default="http",
-                         help="serverless.yml trigger: http (function URL, default) or apigw (API Gateway)")
+                         help="serverless.yml trigger: http (function URL, default) or apigw (API Gateway, legacy)")
     package.add_argument("--glibc", default="2.17", help="target glibc for manylinux wheels (SCF: CentOS 7.6, 2.17)")
-    package.add_argument("--wheelhouse", type=Path, help="wheel cache folder (default ~/.cache/capserve/wheels "
-                         "or $CAPSERVE_WHEELHOUSE)")
-    package.add_argument("--offline", action="store_true", help="only use wheels already in the wheelhouse")
+    package.add_argument("--wheelhouse", type=Path, help="a folder of extra wheels for uv (--find-links; default "
+                         "$CAPSERVE_WHEELHOUSE)")
+    package.add_argument("--offline", action="store_true", help="no network: only uv's cache and --wheelhouse")
     package.add_argument("--no-compile", action="store_true", help="ship no bytecode (smaller, slower cold start)")
-    package.add_argument("--compile-with", metavar="PYTHON",
-                         help="interpreter of the target version to write bytecode with (default: this one when "
-                         "it matches, else pythonX.Y on PATH; without one the package ships no bytecode)")
+    package.add_argument("--no-check", action="store_true",
+                         help="do not read a captcha through the built package under the target interpreter")
+    package.add_argument("--target-python", "--compile-with", dest="target_python", metavar="PYTHON",
+                         help="interpreter of the target version, to write bytecode and try the package with "
+                         "(default: this one when it matches, else the first pythonX.Y on PATH that runs, else "
+                         "pyenv's; without one the package ships no bytecode and is not tried)")
     package.add_argument("--no-dir", action="store_true", help="do not keep the unpacked folder beside the zip")
     package.add_argument("--name", default="capserve", help="function name in serverless.yml")
     package.add_argument("--region", default="ap-guangzhou")
@@ -46,11 +49,10 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     options = package.Options(
         out=args.out, sites=args.site, mode=args.mode, registry=args.registry, python=args.python,
-        trigger=args.trigger, glibc=args.glibc, offline=args.offline, compile=not args.no_compile,
-        compile_with=args.compile_with, keep_dir=not args.no_dir, name=args.name, region=args.region, memory=args.memory, timeout=args.timeout,
+        trigger=args.trigger, glibc=args.glibc, wheelhouse=args.wheelhouse, offline=args.offline,
+        compile=not args.no_compile, check=not args.no_check, target_python=args.target_python,
+        keep_dir=not args.no_dir, name=args.name, region=args.region, memory=args.memory, timeout=args.timeout,
     )
-    if args.wheelhouse:
-        options.wheelhouse = args.wheelhouse
     try:
         result = package.build(options)
     except package.PackageError as exc:

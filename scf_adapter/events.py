@@ -15,15 +15,21 @@ Four event kinds are understood (``kind_of``):
 ``aws-v1``
     AWS API Gateway REST (payload 1.0): ``resource``, ``path``, ``httpMethod``,
     ``(multiValue)headers``, ``(multiValue)queryStringParameters``, ``requestContext``.
-    ``path`` has no stage.
+    ``path`` has no stage. A header is read from ``multiValueHeaders``, else from ``headers``.
 ``aws-v2``
     AWS API Gateway HTTP API (payload 2.0, also Lambda function URLs): ``version: "2.0"``,
-    ``rawPath``, ``rawQueryString``, ``cookies``, ``requestContext.http``. ``rawPath``
-    starts with ``/<stage>`` unless the stage is ``$default``: that prefix is stripped.
+    ``rawPath``, ``rawQueryString``, ``cookies``, ``requestContext.http``. On the API's own
+    ``*.execute-api.*`` domain ``rawPath`` starts with ``/<stage>`` unless the stage is
+    ``$default``: that prefix is stripped. On a custom domain nothing is (a path there is
+    the client's own, and ``/v1`` or ``/recognize`` may be a real segment).
 
 Query values of the Tencent and AWS v1 events arrive decoded; they are encoded again
 (``urlencode``), so the app reads the same values. A body is base64-decoded when the event
-says ``isBase64Encoded``.
+says ``isBase64Encoded`` (``true`` or ``"true"``); one that is not valid base64 is a
+``BadEvent``. A trailing slash is dropped from the path (``/recognize/demo/`` is
+``/recognize/demo``): the app's answer to it would be a redirect, and a redirect's
+``Location`` would lose the stage of the gateway URL (Tencent's integrated response cannot
+send one at all).
 
 ``CAPSERVE_BASE_PATH`` (e.g. ``/capserve``): a path prefix to strip when the trigger mounts
 the function below one (an API Gateway API path other than ``/``, a custom domain mapping).
@@ -111,7 +117,7 @@ def to_request(event: dict, kind: str | None = None) -> HttpRequest:
 
 def _v1_like(event: dict, kind: str) -> HttpRequest:
     context = event.get("requestContext") or {}
-    headers = _header_pairs(event.get("multiValueHeaders") or event.get("headers") or {})
+    headers = _header_pairs(_v1_headers(event))
     if kind == AWS_V1 and event.get("multiValueQueryStringParameters"):
         query = _encode_query(event["multiValueQueryStringParameters"])
     elif kind == AWS_V1:
@@ -136,7 +142,7 @@ def _aws_v2(event: dict) -> HttpRequest:
     http = context["http"]
     path = str(event.get("rawPath") or http.get("path") or "/")
     stage = context.get("stage")
-    if stage and stage != "$default":
+    if stage and stage != "$default" and ".execute-api." in str(context.get("domainName") or ""):
         path = _strip_prefix(path, "/" + stage)
     headers = _header_pairs(event.get("headers") or {})
     if event.get("cookies"):
@@ -155,6 +161,11 @@ def _aws_v2(event: dict) -> HttpRequest:
 # -- pieces -------------------------------------------------------------------------------------
 
 
+def _flag(value: Any) -> bool:
+    """A boolean event field, which some consoles and hand-written events send as a string."""
+    return value.strip().lower() == "true" if isinstance(value, str) else bool(value)
+
+
 def _body(event: dict) -> bytes:
     body = event.get("body")
     if body is None:
@@ -163,12 +174,23 @@ def _body(event: dict) -> bytes:
         return _json_bytes(body)
     if not isinstance(body, str):
         body = str(body)
-    if event.get("isBase64Encoded"):
+    if _flag(event.get("isBase64Encoded")):
         try:
-            return base64.b64decode(body, validate=False)
+            return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise BadEvent("the event says isBase64Encoded but its body is not base64") from None
     return body.encode("utf-8", "surrogateescape")
+
+
+def _v1_headers(event: dict) -> dict:
+    """``multiValueHeaders``, plus each header of ``headers`` that it lacks (AWS fills both,
+    not always with the same names)."""
+    multi = event.get("multiValueHeaders") or {}
+    if not multi:
+        return event.get("headers") or {}
+    names = {str(name).lower() for name in multi}
+    extra = {k: v for k, v in (event.get("headers") or {}).items() if str(k).lower() not in names}
+    return {**multi, **extra}
 
 
 def _header_pairs(headers: dict) -> list[tuple[bytes, bytes]]:
@@ -213,7 +235,7 @@ def _strip_prefix(path: str, prefix: str) -> str:
 def _strip_base(path: str) -> str:
     if not path.startswith("/"):
         path = "/" + path
-    return _strip_prefix(path, settings.current().base_path)
+    return _strip_prefix(path, settings.current().base_path).rstrip("/") or "/"
 
 
 def _json_bytes(doc: Any) -> bytes:

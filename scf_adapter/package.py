@@ -13,18 +13,28 @@ What goes in, at the zip's root (SCF unpacks it to ``/var/user``, which is on ``
   the file times the unzip gives.
 
 Target: SCF's standard Python runtimes run on CentOS 7.6, glibc 2.17, x86_64, so the wheels
-are ``manylinux2014``/``manylinux_2_17`` ones (``--glibc`` changes that). For glibc 2.17 the
+are ``manylinux_2_17`` (``manylinux2014``) ones (``--glibc`` changes that). For glibc 2.17 the
 newest ``ai-edge-litert`` is 1.4.0 (2.x wheels need glibc 2.27).
 
-Wheels are kept in a wheelhouse (``--wheelhouse``, default ``~/.cache/capserve/wheels``);
-installation reads only that folder, and ``pip download`` fills it when something is missing
-(not at all with ``--offline``).
+Dependencies are resolved and installed by uv for the target, whatever Python runs the
+builder: ``uv pip install --target --python-version 3.10 --python-platform
+x86_64-manylinux_2_17 --only-binary :all:`` evaluates every marker for Python 3.10 on Linux
+(``exceptiongroup`` for anyio, the newest starlette that supports 3.10). uv keeps its wheels in
+its own cache; ``--offline`` uses only that cache and ``--wheelhouse``.
+
+Before it says done, the builder imports the package under an interpreter of the target version
+(``-I -S``: only the package and the standard library) and reads one captcha through
+``main_handler``; the answer must be the builder's own for the same image. Without such an
+interpreter the package is neither compiled nor tried, and the builder says so.
 """
 
 from __future__ import annotations
 
+import base64
 import compileall
 import dataclasses
+import io
+import json
 import os
 import py_compile
 import shutil
@@ -45,7 +55,7 @@ SERVING_PACKAGES = ("core", "plugins", "model_registry", "server", "scf_adapter"
 SERVING_REQUIREMENTS = (
     "ai-edge-litert>=1.2",
     "numpy>=1.26",
-    "pillow>=10.0",
+    "pillow>=10.1",
     "starlette>=0.40",
     "granian>=2.8,<2.9",
     "pluggy>=1.5",
@@ -55,6 +65,7 @@ SERVING_REQUIREMENTS = (
     "orjson>=3.9",
     "pydantic>=2.7",
     "pydantic-settings>=2.7",
+    "redis>=5.0",  # limits shared by every container (CAPSERVE_REDIS_URL)
 )
 # Dependencies of capserve that the package leaves out: the event loop's speed-up under sustained
 # load on a long-lived server. An event function never runs granian, and the web bootstrap's granian
@@ -68,6 +79,7 @@ SCF_RUNTIMES = {
 }
 # Versions that build (for local tests, or runtimes SCF may add) but are no documented SCF runtime.
 OTHER_PYTHONS = ("3.11", "3.12", "3.13")
+TRY_TIMEOUT_S = 120
 
 INDEX_PY = '''"""SCF event-function entry: handler ``index.main_handler`` (written by capserve scf package)."""
 from capserve.scf_adapter.handler import main_handler  # noqa: F401  (loads the registry at import)
@@ -87,10 +99,11 @@ class Options:
     python: str = "3.10"
     trigger: str = "http"  # http (function URL) | apigw
     glibc: str = "2.17"
-    wheelhouse: Path = dataclasses.field(default_factory=lambda: settings.current().wheelhouse)
+    wheelhouse: Path | None = dataclasses.field(default_factory=lambda: settings.current().wheelhouse)  # extra wheels
     offline: bool = False
     compile: bool = True
-    compile_with: str | None = None  # an interpreter of the target version (default: this one or pythonX.Y)
+    check: bool = True  # import the package under the target interpreter and read one captcha
+    target_python: str | None = None  # an interpreter of the target version (default: found, see find_python)
     keep_dir: bool = True  # leave the unpacked folder beside the zip (serverless.yml deploys it)
     name: str = "capserve"
     region: str = "ap-guangzhou"
@@ -108,6 +121,7 @@ class Result:
     entries: list[tuple[str, int]]
     compiled: bool
     wheels: list[str]
+    checked_with: str | None = None  # the interpreter that read a captcha through the package
 
 
 def log(message: str) -> None:
@@ -144,8 +158,34 @@ def copy_sources(stage: Path) -> None:
     (stage / "capserve" / "model_registry" / "bundled").mkdir(exist_ok=True)
 
 
-def select_entries(roots: list[Path], sites: list[str]) -> list[tuple[str, int, Path]]:
-    """(site, version, folder) of the serving entry of each site; every entry must load."""
+@dataclasses.dataclass
+class Probe:
+    """One captcha and the builder's own answer for it, to ask the built package."""
+
+    site: str
+    image: bytes
+    text: str
+
+
+def probe_images(width: int, height: int, text: str):
+    """Captcha-sized PNGs: ``text`` drawn large, then seeded noise (for a model that reads no text
+    in the drawing: the probe wants an image the builder reads as some text)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    drawn = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(drawn).text((width // 20, height // 10), text, fill="black", font_size=max(height * 3 // 5, 8))
+    images = [drawn] + [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8))
+                        for seed in range(4)]
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        yield buffer.getvalue()
+
+
+def select_entries(roots: list[Path], sites: list[str]) -> tuple[list[tuple[str, int, Path]], Probe]:
+    """(site, version, folder) of the serving entry of each site (every entry must load), and a
+    probe of the first one."""
     from capserve.model_registry.registry import Registry
 
     registry = Registry(roots or None)
@@ -162,8 +202,14 @@ def select_entries(roots: list[Path], sites: list[str]) -> list[tuple[str, int, 
             raise PackageError(f"site {site!r} does not load from the registry" + (f": {errors[0]}" if errors else ""))
         entry = next(e for e in registry.site_entries(site) if e.model is model)
         chosen.append((site, model.spec.version, entry.path.parent))
+    model = registry.serving(chosen[0][0])
+    spec = model.spec
+    for image in probe_images(spec.width, spec.height, spec.charset[: max(spec.min_length, 1)]):
+        probe = Probe(spec.site, image, model.recognize(image).text)
+        if probe.text:
+            break
     registry.close()
-    return chosen
+    return chosen, probe
 
 
 def copy_entries(stage: Path, chosen: list[tuple[str, int, Path]]) -> None:
@@ -179,46 +225,42 @@ def copy_entries(stage: Path, chosen: list[tuple[str, int, Path]]) -> None:
 # -- dependencies -------------------------------------------------------------------------------
 
 
-def platforms(glibc: str) -> list[str]:
-    """Every manylinux tag a glibc ``major.minor`` x86_64 system accepts."""
-    major, minor = (int(x) for x in glibc.split("."))
-    tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 4, -1)]
-    legacy = {17: "manylinux2014_x86_64", 12: "manylinux2010_x86_64", 5: "manylinux1_x86_64"}
-    tags += [name for m, name in legacy.items() if m <= minor]
-    return tags
+def python_platform(glibc: str) -> str:
+    """uv's name for x86_64 Linux with glibc ``major.minor``: ``x86_64-manylinux_2_17``."""
+    parts = glibc.split(".")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise PackageError(f"--glibc is major.minor, such as 2.17, not {glibc!r}")
+    return f"x86_64-manylinux_{parts[0]}_{parts[1]}"
 
 
-def _pip_target_args(options: Options) -> list[str]:
-    args = ["--only-binary=:all:", "--implementation", "cp", "--python-version", options.python]
-    for tag in platforms(options.glibc):
-        args += ["--platform", tag]
-    return args
+def uv_binary() -> str:
+    try:
+        from uv import find_uv_bin
 
-
-def _pip(args: list[str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
-    return subprocess.run(command, capture_output=True, text=True)
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+    if found is None:
+        raise PackageError("the package's dependencies are resolved for the target by uv, which is not installed: "
+                           "pip install 'capserve[scf]' (or pip install uv)")
+    return found
 
 
 def install_dependencies(stage: Path, options: Options) -> list[str]:
-    """Install the serving requirements into ``stage`` from the wheelhouse (filled on demand)."""
-    wheelhouse = options.wheelhouse.expanduser()
-    wheelhouse.mkdir(parents=True, exist_ok=True)
-    target_args = _pip_target_args(options)
-    install = ["install", "--no-index", "--find-links", str(wheelhouse), "--target", str(stage),
-               "--no-compile", "--quiet", *target_args, *SERVING_REQUIREMENTS]
-    result = _pip(install)
-    if result.returncode != 0:
-        if options.offline:
-            raise PackageError(f"the wheelhouse {wheelhouse} lacks wheels (offline):\n{result.stderr.strip()}")
-        log(f"downloading wheels for Python {options.python} (glibc {options.glibc}) into {wheelhouse}")
-        download = _pip(["download", "--dest", str(wheelhouse), "--find-links", str(wheelhouse), "--quiet",
-                         *target_args, *SERVING_REQUIREMENTS])
-        if download.returncode != 0:
-            raise PackageError(f"pip download failed:\n{download.stderr.strip()}")
-        result = _pip(install)
-        if result.returncode != 0:
-            raise PackageError(f"pip install into the package failed:\n{result.stderr.strip()}")
+    """Install the serving requirements into ``stage``, resolved for the target Python and platform."""
+    command = [uv_binary(), "pip", "install", "--target", str(stage), "--python", sys.executable,
+               "--python-version", options.python, "--python-platform", python_platform(options.glibc),
+               "--only-binary", ":all:", "--quiet"]
+    if options.wheelhouse:
+        wheelhouse = Path(options.wheelhouse).expanduser()
+        wheelhouse.mkdir(parents=True, exist_ok=True)  # a new one is empty: uv refuses a missing folder
+        command += ["--find-links", str(wheelhouse)]
+    if options.offline:
+        command.append("--offline")
+    log(f"resolving the dependencies for Python {options.python}, {python_platform(options.glibc)} (uv)")
+    done = subprocess.run([*command, *SERVING_REQUIREMENTS], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PackageError(f"uv could not install the dependencies for Python {options.python}:\n{done.stderr.strip()}")
     shutil.rmtree(stage / "bin", ignore_errors=True)  # console scripts: nothing runs them
     return sorted(p.name for p in stage.glob("*.dist-info"))
 
@@ -260,25 +302,85 @@ def write_entry_files(stage: Path, options: Options) -> None:
     bootstrap.chmod(0o755)
 
 
-def compile_bytecode(stage: Path, python: str, interpreter: str | None = None) -> bool:
-    """Write unchecked-hash ``.pyc`` files with an interpreter of the target version, if any."""
-    if interpreter is None and f"{sys.version_info.major}.{sys.version_info.minor}" == python:
+def python_version(python: str) -> tuple[str | None, str]:
+    """(``X.Y`` or None, why not) of an interpreter, by running it."""
+    try:
+        done = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, str(exc)
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or [""])[0][:200]
+        return None, f"it does not run (exit {done.returncode}: {first})"
+    return done.stdout.strip(), ""
+
+
+def find_python(version: str, explicit: str | None = None) -> str | None:
+    """An interpreter of ``version`` that runs: ``explicit``, else this one, else the first
+    ``pythonX.Y`` on PATH that runs, else pyenv's (``$PYENV_ROOT`` or ``~/.pyenv``,
+    ``versions/X.Y*/bin``). Each one passed over is named on stderr."""
+    if explicit:
+        found, why = python_version(explicit)
+        if found != version:
+            raise PackageError(f"{explicit} is not Python {version}: {why or 'it is Python ' + str(found)}")
+        return explicit
+    if "%d.%d" % sys.version_info[:2] == version:
+        return sys.executable
+    name = f"python{version}"
+    candidates = [os.path.join(folder, name) for folder in os.environ.get("PATH", "").split(os.pathsep) if folder]
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    candidates += [str(path) for path in sorted(pyenv.glob(f"versions/{version}*/bin/{name}"))]
+    seen = set()
+    for candidate in candidates:
+        if candidate in seen or not os.access(candidate, os.X_OK) or os.path.isdir(candidate):
+            continue
+        seen.add(candidate)
+        found, why = python_version(candidate)
+        if found == version:
+            return candidate
+        log(f"skipping {candidate}: {why or 'it is Python ' + str(found)}")
+    return None
+
+
+def compile_bytecode(stage: Path, python: str) -> bool:
+    """Write unchecked-hash ``.pyc`` files with ``python``, an interpreter of the target version."""
+    if python == sys.executable:
         ok = compileall.compile_dir(
             str(stage), quiet=1, workers=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
         )
         return bool(ok)
-    other = interpreter or shutil.which(f"python{python}")
-    if other is None:
-        log(f"no python{python} here: the package ships without bytecode (slower cold start; "
-            "see --compile-with)")
-        return False
-    version = subprocess.run([other, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True)
-    if version.stdout.strip() != python:
-        raise PackageError(f"{other} is Python {version.stdout.strip() or '?'}, not {python}")
-    done = subprocess.run([other, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+    done = subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
                            str(stage)], capture_output=True, text=True)
     return done.returncode == 0
+
+
+# Run by the target interpreter in isolation: sys.path is the package and the standard library.
+TRY_RUNNER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from capserve.scf_adapter.handler import main_handler
+print(json.dumps(main_handler(json.loads(sys.stdin.read()), None)))
+"""
+
+
+def try_package(stage: Path, python: str, probe: Probe) -> None:
+    """Read the probe's captcha through ``main_handler`` of the package in ``stage``, under
+    ``python -I -S -B``, as a function URL POST; the answer must be the builder's own."""
+    event = {"httpMethod": "POST", "path": f"/recognize/{probe.site}", "headers": {"content-type": "application/json"},
+             "queryString": {}, "body": json.dumps({"image": base64.b64encode(probe.image).decode()})}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(stage)}
+    try:
+        done = subprocess.run([python, "-I", "-S", "-B", "-c", TRY_RUNNER, str(stage)], input=json.dumps(event),
+                              capture_output=True, text=True, timeout=TRY_TIMEOUT_S, env=env, cwd=stage)
+    except subprocess.TimeoutExpired:
+        raise PackageError(f"the package did not answer within {TRY_TIMEOUT_S} s under {python}") from None
+    if done.returncode != 0:
+        raise PackageError(f"the package does not run under {python} -I -S:\n{done.stderr.strip()[-3000:]}")
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    doc = json.loads(answer["body"])
+    if answer["statusCode"] != 200 or doc.get("text") != probe.text:
+        raise PackageError(f"under {python} the package answered {answer['statusCode']} {answer['body'][:300]}, "
+                           f"not the text {probe.text!r}")
 
 
 def serverless_yml(options: Options, folder_name: str) -> str:
@@ -310,6 +412,8 @@ def serverless_yml(options: Options, folder_name: str) -> str:
     header = (
         "# Serverless Framework (Tencent `scf` component). Written by `capserve scf package`.\n"
         f"# Deploy: cd {options.out.parent} && sls deploy   (see docs/deploy-scf.md)\n"
+        "# Trigger: a function URL (`http`), for an event function or a web function (--mode web);\n"
+        "# --trigger apigw writes an API Gateway trigger instead (legacy: Tencent is retiring it).\n"
     )
     return header + yaml.safe_dump(doc, sort_keys=False)
 
@@ -355,7 +459,11 @@ def build(options: Options) -> Result:
         log(f"note: Python {options.python} is no documented SCF runtime; this package is for local tests")
     out = options.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    chosen = select_entries(options.registry, options.sites)
+    chosen, probe = select_entries(options.registry, options.sites)
+    target = find_python(options.python, options.target_python) if options.compile or options.check else None
+    if target is None and (options.compile or options.check):
+        log(f"no Python {options.python} here: the package ships without bytecode (slower cold start) and is not "
+            "tried before it is written (see --target-python)")
 
     with tempfile.TemporaryDirectory(prefix="capserve-scf-") as tmp:
         stage = Path(tmp) / "package"
@@ -366,13 +474,18 @@ def build(options: Options) -> Result:
         check_forbidden(stage)
         trim(stage)
         write_entry_files(stage, options)
-        compiled = compile_bytecode(stage, options.python, options.compile_with) if options.compile else False
+        compiled = compile_bytecode(stage, target) if options.compile and target else False
         size = tree_size(stage)
         log(f"unzipped size: {human(size)} ({size} bytes); SCF limit {human(SCF_LIMIT_BYTES)}")
         if size > SCF_LIMIT_BYTES:
             raise PackageError(f"the package is {human(size)} unzipped, over SCF's {human(SCF_LIMIT_BYTES)} limit")
         if size > SIZE_GOAL_BYTES:
             log(f"warning: over the {human(SIZE_GOAL_BYTES)} goal")
+        checked_with = None
+        if options.check and target:
+            try_package(stage, target, probe)
+            checked_with = target
+            log(f"checked: under {target} -I -S the package read a {probe.site!r} captcha as {probe.text!r}")
         write_zip(stage, out)
         folder = None
         if options.keep_dir:
@@ -385,4 +498,4 @@ def build(options: Options) -> Result:
     yml.write_text(serverless_yml(options, (folder or out).name))
     zip_bytes = out.stat().st_size
     log(f"wrote {out} ({human(zip_bytes)} zipped), {yml}")
-    return Result(out, folder, yml, size, zip_bytes, [(s, v) for s, v, _ in chosen], compiled, wheels)
+    return Result(out, folder, yml, size, zip_bytes, [(s, v) for s, v, _ in chosen], compiled, wheels, checked_with)

@@ -9,6 +9,8 @@ Keys come from ``CAPSERVE_API_KEYS`` (comma-separated keys, valid for every site
         sha256: 9f86d0...             # the key's SHA-256 (or `key: <the key>`)
         sites: [demo]                 # optional: only these sites
         rate: 20                      # optional: requests per second (burst: 2x)
+        default_site: demo            # optional: the site the 2captcha / createTask routes use
+                                      # when a request names none (docs/clients.md)
 
 A client sends ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Keys are kept only
 as SHA-256 digests and compared in constant time; they are never logged.
@@ -17,6 +19,11 @@ Signing (``CAPSERVE_HMAC_SECRET``): the client sends ``X-Capserve-Timestamp`` (u
 and ``X-Capserve-Signature``, the hex HMAC-SHA256 of
 ``"{timestamp}\\n{METHOD}\\n{path}\\n{query}\\n{sha256(body) hex}"`` under the secret.
 A signature is accepted once, within ``CAPSERVE_HMAC_WINDOW`` seconds (default 300).
+
+Buckets and used signatures live in a store (``server/limits.py``): this process's memory,
+the file the workers of one ``capserve serve`` share, or Redis for a whole deployment.
+When the store cannot answer, a signed request is refused (503 ``limits_unavailable``) and a
+rate-limited key is refused or let through as ``CAPSERVE_REDIS_FAIL`` says.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import dataclasses
 import hashlib
 import hmac
 import math
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +41,7 @@ import yaml
 from capserve.core import yamlfile
 from capserve.core.settings import Settings
 from capserve.server.errors import HTTPError
+from capserve.server.limits import MemoryStore, Store, StoreUnavailable, open_store
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -56,6 +63,11 @@ class RateLimited(HTTPError):
         self.retry_after = max(1, math.ceil(retry_after))
 
 
+class LimitsUnavailable(HTTPError):
+    code, status = "limits_unavailable", 503
+    retry_after = 1
+
+
 MAX_KEYS_FILE_BYTES = 1024 * 1024
 
 
@@ -69,26 +81,7 @@ class ApiKey:
     sha256: bytes
     sites: frozenset[str] | None = None
     rate: float | None = None
-
-
-class TokenBucket:
-    """``rate`` requests per second with bursts of ``2 * rate``."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate, self.capacity = rate, max(1.0, 2 * rate)
-        self.tokens, self.updated = self.capacity, time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> float:
-        """0 if a request may go now, else the seconds until one may."""
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return 0.0
-            return (1 - self.tokens) / self.rate
+    default_site: str | None = None
 
 
 def load_keys(settings: Settings) -> list[ApiKey]:
@@ -137,7 +130,11 @@ def _keys_from_file(path: Path) -> list[ApiKey]:
         rate = item.get("rate")
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
             raise ValueError(f"{where}: rate must be a positive number of requests per second")
-        keys.append(ApiKey(str(item.get("name", f"key-{i + 1}")), value, frozenset(sites) if sites else None, rate))
+        default_site = item.get("default_site")
+        if default_site is not None and not isinstance(default_site, str):
+            raise ValueError(f"{where}: default_site must be a site name")
+        keys.append(ApiKey(str(item.get("name", f"key-{i + 1}")), value, frozenset(sites) if sites else None, rate,
+                           default_site))
     return keys
 
 
@@ -147,7 +144,7 @@ def signature(secret: bytes, timestamp: str, method: str, path: str, query: str,
 
 
 class Access:
-    """Decides whether a request may go on; raises 401, 403 or 429 when not."""
+    """Decides whether a request may go on; raises 401, 403, 429 or 503 when not."""
 
     def __init__(
         self,
@@ -156,14 +153,17 @@ class Access:
         hmac_secret: bytes | None = None,
         hmac_window: float = 300.0,
         protect_status: bool = True,
+        store: Store | None = None,
+        fail_open: bool = False,
     ) -> None:
+        """``store`` keeps buckets and used signatures (this process's memory when None);
+        ``fail_open`` lets rate-limited requests through while it cannot answer."""
         self.keys = keys or []
         self.hmac_secret = hmac_secret
         self.hmac_window = hmac_window
         self.protect_status = protect_status
-        self._buckets = {k.sha256: TokenBucket(k.rate) for k in self.keys if k.rate}
-        self._seen: dict[str, float] = {}
-        self._seen_lock = threading.Lock()
+        self.store = store if store is not None else MemoryStore()
+        self.fail_open = fail_open
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Access":
@@ -172,6 +172,8 @@ class Access:
             hmac_secret=settings.hmac_secret.encode() if settings.hmac_secret else None,
             hmac_window=settings.hmac_window,
             protect_status=not settings.public_status,
+            store=open_store(settings),
+            fail_open=settings.redis_fail == "open",
         )
 
     @property
@@ -188,6 +190,13 @@ class Access:
             presented = authorization[7:].strip()
         if not presented:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+        return self.check_presented(presented, site)
+
+    def check_presented(self, presented: str, site: str | None) -> ApiKey | None:
+        """The key ``presented`` however it came (a header, a client protocol's field): the
+        same checks as ``check_key``, for a non-empty key."""
+        if not self.keys:
+            return None
         wanted = digest(presented)
         found = None
         for key in self.keys:  # every key is compared, so timing does not tell which one matched
@@ -197,12 +206,20 @@ class Access:
             raise Unauthorized("the API key is not valid")
         if site is not None and found.sites is not None and site not in found.sites:
             raise Forbidden(f"this API key is not allowed to use site {site[:64]!r}")
-        bucket = self._buckets.get(found.sha256)
-        if bucket is not None:
-            wait = bucket.take()
+        if found.rate:
+            wait = self._take(found)
             if wait:
                 raise RateLimited("too many requests for this API key", wait)
         return found
+
+    def _take(self, key: ApiKey) -> float:
+        """``rate`` requests per second with bursts of ``2 * rate``, for every process of the store."""
+        try:
+            return self.store.take(key.sha256.hex(), key.rate, max(1.0, 2 * key.rate))
+        except StoreUnavailable:  # logged by the store
+            if self.fail_open:
+                return 0.0
+            raise LimitsUnavailable("the rate limits cannot be checked right now; try again shortly") from None
 
     def check_signature(self, headers, method: str, path: str, query: str, body: bytes) -> None:
         if self.hmac_secret is None:
@@ -221,13 +238,15 @@ class Access:
         expected = signature(self.hmac_secret, timestamp, method, path, query, body)
         if not hmac.compare_digest(expected, given.strip().lower()):
             raise Unauthorized("the signature does not match the request", code="bad_signature")
-        now = time.time()
-        with self._seen_lock:
-            if expected in self._seen:
-                raise Unauthorized("this signature was already used", code="replayed_signature")
-            self._seen[expected] = now
-            if len(self._seen) > 4096:  # forget signatures that can no longer pass the window
-                self._seen = {s: t for s, t in self._seen.items() if now - t <= self.hmac_window}
+        # Remembered for as long as the timestamp stays inside the window (up to twice the window).
+        ttl = float(timestamp) + self.hmac_window - time.time() + 1
+        try:
+            first = self.store.first_use(expected, ttl)
+        except StoreUnavailable:
+            raise LimitsUnavailable("signed requests cannot be checked for replays right now; try again shortly") \
+                from None
+        if not first:
+            raise Unauthorized("this signature was already used", code="replayed_signature")
 
 
 def refuse_status(request) -> "Response | None":

@@ -24,8 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFailed, UnknownSite
-from capserve.core.model import Model
+from capserve.core.errors import CapserveError, RecognitionFailed, UnknownSite
 from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
 from capserve.server import console, offload, request_id
@@ -38,26 +37,10 @@ from capserve.server.samples import keep_sample
 from capserve.server.responses import FastJSONResponse, error_response
 from capserve.server.settings import Settings, current
 
+from capserve.server.solving import secret_of, serving_model
+from capserve.server import createtask, twocaptcha
+
 log = logging.getLogger("capserve.server")
-
-LAZY_WAIT_SECONDS = 30.0
-"""How long a request waits for its site's model to load in lazy mode before answering 503."""
-
-
-async def serving_model(registry: Registry, site: str) -> Model:
-    """The model for ``site``; in lazy mode a first request waits for the load, which runs in
-    a thread, so the event loop goes on answering every other request meanwhile."""
-    try:
-        return registry.get(site)
-    except ModelUnavailable:
-        future = registry.loading(site)
-        if future is None:
-            raise
-    try:
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), LAZY_WAIT_SECONDS)
-    except asyncio.TimeoutError:
-        raise ModelUnavailable(f"the model for site {site!r} is still loading; try again shortly") from None
-    return registry.get(site)
 
 
 async def recognize(request: Request) -> Response:
@@ -176,6 +159,10 @@ ROUTES = [
     *console.ROUTES,
     *console.STATIC_ROUTES,
 ]
+PROTOCOL_ROUTES = [*twocaptcha.ROUTES, *createtask.ROUTES]
+"""The 2captcha and createTask protocols (docs/clients.md): defined by those services and
+answered in their own forms, so kept out of the OpenAPI document. The app matches them right
+after /recognize: routes are tried in order, and each miss costs a regex match per request."""
 
 
 def create_app(
@@ -202,12 +189,13 @@ def create_app(
         registry.close()
         app.state.metrics.close()
 
-    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=[ROUTES[0], *PROTOCOL_ROUTES, *ROUTES[1:]], exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.access = access if access is not None else Access.from_settings(settings)
     app.state.metrics = Metrics(registry)
     app.state.label_site, app.state.label_folder = label if label is not None else (None, None)
+    app.state.protocol_secret = secret_of(settings)
     return app
 
 

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import json
 import os
+import secrets
+import ssl
 import sys
 from pathlib import Path
 
@@ -41,14 +43,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CAPSERVE_REGISTRY"] = os.pathsep.join(str(p.resolve()) for p in args.registry)
     if args.lazy:
         os.environ["CAPSERVE_LAZY"] = "1"
-    problem = _settings_problem()
+    if args.default_site:
+        os.environ["CAPSERVE_DEFAULT_SITE"] = args.default_site
+    problem = _settings_problem() or _tls_problem(args.ssl_certfile, args.ssl_keyfile)
     if problem is not None:
         print(f"capserve: cannot start: {problem}", file=sys.stderr)
         return workers.STARTUP_FAILURE
+    # One protocol secret for every worker, so that any of them resolves another's captcha ids.
+    if not settings.current().protocol_secret:
+        os.environ["CAPSERVE_PROTOCOL_SECRET"] = secrets.token_hex(32)
     limits = workers.Limits(max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
                             max_connections=args.max_connections, backlog=args.backlog)
     return workers.run("capserve.server.app:create_app", host=args.host, port=args.port, workers=args.workers,
-                       limits=limits, log_level=args.log_level, access_log=args.access_log)
+                       limits=limits, log_level=args.log_level, access_log=args.access_log,
+                       ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
 
 
 def _settings_problem() -> str | None:
@@ -60,6 +68,19 @@ def _settings_problem() -> str | None:
         Access.from_settings(settings.current())  # an unreadable or invalid keys file is a ValueError naming it
     except (OSError, ValueError) as exc:
         return str(exc)
+    return None
+
+
+def _tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
+    """Why the certificate and key cannot serve TLS, found before any worker starts."""
+    if not certfile and not keyfile:
+        return None
+    if not (certfile and keyfile):
+        return "--ssl-certfile and --ssl-keyfile go together"
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot serve TLS with {certfile} and {keyfile}: {exc.strerror or exc}"
     return None
 
 
@@ -186,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="open connections per worker; more wait in the listen backlog (default %(default)s)")
     serve.add_argument("--backlog", type=int, default=limits.backlog, metavar="N",
                        help="connections the kernel queues for the workers (default %(default)s)")
+    serve.add_argument("--default-site", metavar="SITE",
+                       help="the site the 2captcha and createTask routes use when a request and its key name none")
+    serve.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    serve.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="recognize image files with a registered site's model")

@@ -122,7 +122,8 @@ _STATUS_TEXT = {
     422: "not a decodable image",
     429: "too many requests for this API key (see Retry-After)",
     500: "an unexpected error; the message says nothing of the server's internals",
-    503: "the site's model is loading",
+    503: "the site's model is loading, or the store of rate limits and used signatures cannot answer "
+         "(limits_unavailable, see Retry-After)",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
 
@@ -139,7 +140,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     out = {}
     for status in statuses:
         answer = _json(_ref("Error"), _STATUS_TEXT[status])
-        if status == 429:
+        if status in (429, 503):
             answer["headers"] = _RETRY_AFTER
         out[str(status)] = answer
     return out
@@ -179,7 +180,7 @@ _SIGNATURE = [
      "description": "hex HMAC-SHA256 of the request; with request signing on"},
 ]
 _RECOGNIZED = {"200": _json(_ref("Result"), "recognized"), **_errors(400, 401, 403, 404, 413, 415, 422, 429, 500, 503)}
-_STATUS_ERRORS = _errors(401, 403, 429, 500)
+_STATUS_ERRORS = _errors(401, 403, 429, 500, 503)
 
 
 def _status_endpoint(summary: str, schema: dict[str, Any], *extra: int, parameters: list | None = None) -> dict:

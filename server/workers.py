@@ -9,8 +9,9 @@ in BENCHMARKS.md.
 
 What capserve adds: the HTTP limits as one object (``Limits``), a port in use reported in one
 line (granian itself panics with a Rust backtrace), the folder Prometheus' multiprocess files
-live in while several workers run (``shared_state``), and exit code 3 when the workers could not
-be kept running (one failed to start, or failed again within seconds of its restart).
+and the workers' table of rate limits and used signatures live in while several workers run
+(``shared_state``), and exit code 3 when the workers could not be kept running (one failed to
+start, or failed again within seconds of its restart).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def address_problem(host: str, port: int) -> str | None:
 
 def run(
     factory: str, *, host: str, port: int, workers: int, limits: Limits = Limits(), log_level: str = "info",
-    access_log: bool = False,
+    access_log: bool = False, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
 ) -> int:
     """Serve the ASGI app built by ``factory`` ("module:function") until a signal stops it;
     returns the exit code: 0, or ``STARTUP_FAILURE``."""
@@ -86,6 +87,7 @@ def run(
             header_read_timeout=max(1, round(limits.header_timeout * 1000)), max_buffer_size=limits.max_header_bytes,
         ),
         respawn_failed_workers=True, log_level=log_level, log_access=access_log,
+        ssl_cert=Path(ssl_certfile) if ssl_certfile else None, ssl_key=Path(ssl_keyfile) if ssl_keyfile else None,
     )
     # Forked workers start in a fraction of the time of spawned ones and share the pages of what
     # this process imported. prometheus_client picks its single- or multi-process mode when it is
@@ -101,16 +103,28 @@ def run(
 
 @contextlib.contextmanager
 def shared_state(workers: int):
-    """With several workers, a temporary folder for Prometheus' multiprocess files, so /metrics
-    adds up all workers (a PROMETHEUS_MULTIPROC_DIR given by the operator is used as is),
-    removed when the server stops."""
-    if workers < 2 or os.environ.get(MULTIPROCESS_ENV):
+    """With several workers, a temporary folder they share, removed when the server stops:
+    Prometheus' multiprocess files, so /metrics adds up all workers (a PROMETHEUS_MULTIPROC_DIR
+    given by the operator is used as is), and the link to the table of rate limits and used
+    signatures that this process holds for them (server/limits_shared.py)."""
+    from capserve.server import limits_shared
+
+    if workers < 2:
         yield
         return
-    folder = Path(tempfile.mkdtemp(prefix="capserve-metrics-"))
-    os.environ[MULTIPROCESS_ENV] = str(folder)
+    folder = Path(tempfile.mkdtemp(prefix="capserve-workers-"))
+    added = {"CAPSERVE_LIMITS_DIR": folder / "limits"}
+    if not os.environ.get(MULTIPROCESS_ENV):
+        added[MULTIPROCESS_ENV] = folder / "metrics"
+    for name, path in added.items():
+        path.mkdir()
+        os.environ[name] = str(path)
+    limits = limits_shared.create(added["CAPSERVE_LIMITS_DIR"])
     try:
         yield
     finally:
-        del os.environ[MULTIPROCESS_ENV]
+        if limits is not None:
+            os.close(limits)
+        for name in added:
+            del os.environ[name]
         shutil.rmtree(folder, ignore_errors=True)

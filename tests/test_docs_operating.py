@@ -33,7 +33,7 @@ def _settings_in_code() -> set[str]:
 
 
 FIELDS = {"CAPSERVE_" + name.upper() for name in Settings.model_fields}
-SHELL_ONLY = {"CAPSERVE_PYTHON", "CAPSERVE_PORT", "CAPSERVE_WORKERS", "CAPSERVE_LOG_LEVEL"}  # the web bootstrap
+SHELL_ONLY = {"CAPSERVE_PYTHON", "CAPSERVE_HOST", "CAPSERVE_PORT", "CAPSERVE_WORKERS", "CAPSERVE_LOG_LEVEL"}  # the web bootstrap
 
 
 def test_every_setting_is_documented_and_no_other():

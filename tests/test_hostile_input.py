@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import sys
 import zlib
 
 import pytest
@@ -189,6 +190,35 @@ def test_base64_outside_the_strict_form_takes_the_lenient_path_and_answers_the_s
             decode_base64(text, 10_000)
     else:
         assert decode_base64(text, 10_000) == expected
+
+
+def _answer(text: str):
+    try:
+        return decode_base64(text, 10_000)
+    except CapserveError as exc:
+        return exc.code
+
+
+def _never(value: str) -> bytes:
+    raise ValueError("no fast path")
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+                 st.text(alphabet="AQgw09+/-_= \n", max_size=24)))
+def test_every_base64_fast_path_answers_as_the_normalizing_path(monkeypatch, text):
+    # Python 3.10 has no strict_mode: its fast path decodes leniently and keeps only input that
+    # encodes back to itself. Each fast path must give the answers of no fast path at all.
+    from capserve.server import parsing
+
+    fast_paths = [parsing._canonical_b64] + ([parsing._strict_mode_b64] if sys.version_info >= (3, 11) else [])
+    with monkeypatch.context() as patch:
+        patch.setattr(parsing, "_strict_b64", _never)
+        expected = _answer(text)
+    for fast in fast_paths:
+        with monkeypatch.context() as patch:
+            patch.setattr(parsing, "_strict_b64", fast)
+            assert _answer(text) == expected, fast.__name__
 
 
 def test_limits_come_from_the_environment(monkeypatch):

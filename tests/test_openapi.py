@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from capserve.model_registry.registry import Registry  # noqa: E402
 from capserve.server.access import Access, ApiKey, digest  # noqa: E402
-from capserve.server.app import ROUTES, create_app  # noqa: E402
+from capserve.server.app import PROTOCOL_ROUTES, ROUTES, create_app  # noqa: E402
 from capserve.server.console import STATIC_ROUTES  # noqa: E402
 from capserve.server.openapi import openapi_schema  # noqa: E402
 from capserve.server.settings import Settings  # noqa: E402
@@ -53,13 +53,16 @@ def registry(tmp_path_factory):
 
 def test_every_route_is_documented_and_nothing_else():
     """Every route but the console's static files (``console.STATIC_ROUTES``, HTML, CSS and
-    script for a browser, no API) is in the document, and the document has nothing else."""
+    script for a browser, no API) and the client protocols' routes (``PROTOCOL_ROUTES``: 2captcha,
+    createTask, defined by those services, docs/clients.md) is in the document, and the document
+    has nothing else."""
     documented = {(path, method.upper()) for path, item in openapi_schema()["paths"].items() for method in item}
     static = set(map(id, STATIC_ROUTES))
     served = {(re.sub(r":\w+}", "}", r.path), m) for r in ROUTES if isinstance(r, Route) and id(r) not in static
               for m in r.methods if m != "HEAD"}
     assert documented == served
     assert not documented & {(r.path, "GET") for r in STATIC_ROUTES}
+    assert not {r.path for r in PROTOCOL_ROUTES} & {path for path, _ in documented}
 
 
 def test_the_static_routes_serve_only_console_files(registry):

@@ -7,9 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from tests.conftest import REPO
 from tests.servers import start_server

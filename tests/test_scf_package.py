@@ -1,11 +1,12 @@
 """``capserve scf package``: the deploy zip works on its own, in event and in web mode.
 
-The tests marked ``SLOW`` build real packages for THIS machine's Python (so they can run
-here) with SCF's platform constraint (manylinux2014 / glibc 2.17 wheels), which takes
-~10-30 s each: pip installs the serving dependencies from a wheelhouse (downloaded once from
-PyPI into ``~/.cache/capserve/wheels`` or ``$CAPSERVE_WHEELHOUSE``, reused offline after)
-and compiles bytecode. They are skipped when the wheels can be neither found nor downloaded,
-and are left out of the fast selection (``-m "not slow"``).
+The tests marked ``SLOW`` build real packages with SCF's platform constraint (manylinux_2_17
+wheels), which takes ~10-30 s each: uv installs the serving dependencies (downloaded once from
+PyPI into uv's cache, reused after), the builder compiles bytecode and tries the package. Most
+build for THIS machine's Python, so that they can run here; one builds for Python 3.10, the SCF
+runtime, from this host, and runs it under a 3.10 interpreter (skipped when there is none:
+``.ci/run`` fails then). They are skipped when PyPI cannot be reached and the wheels are not
+cached, and are left out of the fast selection (``-m "not slow"``).
 
 The site packaged is the bundled ``demo`` entry when it exists, or the ``demo`` site of
 ``$CAPSERVE_DEMO_REGISTRY`` (then the answers must be the true captcha texts), else a tiny untrained entry (then the answers must equal the in-process
@@ -15,6 +16,7 @@ app's answers, which are deterministic).
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import random
@@ -38,9 +40,11 @@ from tests.conftest import REPO, png_bytes
 
 DEMO_CHARSET = "23456789abcdefghjkmpqrstuvwxy"
 DEMO_EXAMPLE = REPO / "docs" / "examples" / "demo-7kp3.png"
-SLOW = pytest.mark.slow  # builds a real deploy package: pip install of manylinux wheels, bytecode, a fresh interpreter
+SLOW = pytest.mark.slow  # builds a real deploy package: uv install of manylinux wheels, bytecode, a fresh interpreter
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 BASE_PYTHON = getattr(sys, "_base_executable", None) or sys.executable
+EVENTS = Path(__file__).parent / "events"
+OFFLINE_SIGNS = ("Failed to fetch", "error sending request", "dns error", "Network is unreachable")
 
 # Run inside the isolated interpreter: sys.path is the package folder plus the standard library.
 RUNNER = r'''
@@ -54,7 +58,7 @@ answers = [main_handler(event, None) for event in json.load(sys.stdin)]
 done = time.perf_counter()
 modules = {name: getattr(sys.modules.get(name), "__file__", None)
            for name in ("numpy", "starlette", "ai_edge_litert", "PIL", "capserve.server", "capserve.core", "yaml")}
-print(json.dumps({"answers": answers, "sys_path": sys.path, "modules": modules,
+print(json.dumps({"answers": answers, "sys_path": sys.path, "modules": modules, "version": list(sys.version_info[:2]),
                   "tensorflow": importlib.util.find_spec("tensorflow") is not None,
                   "import_s": imported - started, "answers_s": done - imported}))
 '''
@@ -89,7 +93,9 @@ def target(tmp_path_factory, tiny_model_bytes):
     """(site, registry args, [(label or None, image bytes)]) to package and read."""
     demo = demo_registry()
     if demo is not None:
-        images = [("7kp3", DEMO_EXAMPLE.read_bytes())] + demo_captchas()
+        images = [("7kp3", DEMO_EXAMPLE.read_bytes())]
+        if importlib.util.find_spec("captcha") is not None:  # the train extra's generator
+            images += demo_captchas()
         return "demo", demo[1], images
     root = tmp_path_factory.mktemp("registry")
     model_factory.write_entry(root / "tiny" / "1", tiny_model_bytes)
@@ -99,11 +105,29 @@ def target(tmp_path_factory, tiny_model_bytes):
 def build_cli(out: Path, site: str, registry_args: list[str], *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "capserve.server.cli", "scf", "package", "--out", str(out), "--site", site,
                "--python", HOST_PYTHON, *registry_args, *extra]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0 and ("pip download failed" in done.stderr or "lacks wheels" in done.stderr):
-        pytest.skip(f"the serving wheels can be neither found nor downloaded:\n{done.stderr[-2000:]}")
+    return checked(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900))
+
+
+def checked(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    if done.returncode != 0 and any(sign in done.stderr for sign in OFFLINE_SIGNS):
+        pytest.skip(f"the serving wheels are not cached and PyPI cannot be reached:\n{done.stderr[-2000:]}")
     assert done.returncode == 0, done.stderr
     return done
+
+
+def run_isolated(python: str, folder: Path, events: list[dict], tmp_path: Path) -> dict:
+    """``main_handler`` of the unzipped package in ``python -I -S``: the package and the stdlib only."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    done = subprocess.run([python, "-I", "-S", "-c", RUNNER, str(folder)], input=json.dumps(events),
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["sys_path"][0] == str(folder)
+    assert all(not p or "site-packages" not in p and "dist-packages" not in p for p in report["sys_path"])
+    for name, path in report["modules"].items():
+        assert path and path.startswith(str(folder)), (name, path)
+    assert report["tensorflow"] is False
+    return report
 
 
 def in_process_answers(site: str, registry_args: list[str], images) -> list[dict]:
@@ -153,6 +177,7 @@ def test_package_contents(event_package, target):
     out, done = event_package
     site = target[0]
     assert "unzipped size:" in done.stderr and str(out) in done.stdout
+    assert f"checked: under {sys.executable} -I -S the package read a {site!r} captcha" in done.stderr
     with zipfile.ZipFile(out) as archive:
         names = archive.namelist()
         unzipped = sum(info.file_size for info in archive.infolist())
@@ -179,16 +204,7 @@ def test_isolated_process_reads_the_captchas(event_package, target, tmp_path):
     folder = tmp_path / "unzipped"
     with zipfile.ZipFile(out) as archive:
         archive.extractall(folder)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    done = subprocess.run([BASE_PYTHON, "-I", "-S", "-c", RUNNER, str(folder)], input=json.dumps(events_for(site, images)),
-                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["sys_path"][0] == str(folder)
-    assert all(not p or "site-packages" not in p and "dist-packages" not in p for p in report["sys_path"])
-    for name, path in report["modules"].items():
-        assert path and path.startswith(str(folder)), (name, path)
-    assert report["tensorflow"] is False
+    report = run_isolated(BASE_PYTHON, folder, events_for(site, images), tmp_path)
 
     answers = []
     for answer in report["answers"]:
@@ -222,17 +238,15 @@ print(json.dumps(out))
 
 
 @SLOW
+@pytest.mark.train
 def test_packaged_litert_runs_every_training_architecture(event_package, tmp_path):
     """The package's LiteRT (the newest with glibc-2.17 wheels, older than the dev one) runs
     what training exports, and gives the dev runtime's outputs."""
     import numpy as np
-
-    try:
-        from capserve.training.export import convert
-        from capserve.training.models import ARCHS, ModelConfig, build_model
-    except ImportError as exc:
-        pytest.skip(f"training is not importable here: {exc}")
     from ai_edge_litert.interpreter import Interpreter
+
+    from capserve.training.export import convert
+    from capserve.training.models import ARCHS, ModelConfig, build_model
 
     out, _ = event_package
     folder = tmp_path / "unzipped"
@@ -283,14 +297,14 @@ def test_web_bootstrap_answers_over_loopback(tmp_path_factory, target):
     script = folder / "scf_bootstrap"
     text = script.read_text()
     assert text.startswith("#!/bin/bash\n") and "\r" not in text and "@PYTHON@" not in text
-    assert "0.0.0.0" in text and "9000" in text
+    assert '"${CAPSERVE_HOST:-0.0.0.0}"' in text and '"${CAPSERVE_PORT:-9000}"' in text  # SCF's defaults
     yml = yaml.safe_load((out.parent / "serverless.yml").read_text())
     assert yml["inputs"]["type"] == "web" and "handler" not in yml["inputs"] and "apigw" in yml["inputs"]["events"][0]
     script.chmod(0o755)  # zipfile does not restore modes
 
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder),
-           "CAPSERVE_PYTHON": BASE_PYTHON, "CAPSERVE_PORT": str(port)}
+           "CAPSERVE_PYTHON": BASE_PYTHON, "CAPSERVE_HOST": "127.0.0.1", "CAPSERVE_PORT": str(port)}
     process = subprocess.Popen([str(script)], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
@@ -322,7 +336,10 @@ def test_web_bootstrap_answers_over_loopback(tmp_path_factory, target):
 
 
 def test_requirements_match_pyproject():
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     doc = tomllib.loads((REPO / "pyproject.toml").read_text())
     wanted = [r for r in doc["project"]["dependencies"] if not r.startswith(package.LEFT_OUT_REQUIREMENTS)]
@@ -330,10 +347,70 @@ def test_requirements_match_pyproject():
     assert len(wanted) == len(doc["project"]["dependencies"]) - len(package.LEFT_OUT_REQUIREMENTS)
 
 
-def test_platform_tags_for_scf_glibc():
-    tags = package.platforms("2.17")
-    assert "manylinux2014_x86_64" in tags and "manylinux_2_17_x86_64" in tags and "manylinux1_x86_64" in tags
-    assert not any(t.startswith("manylinux_2_27") for t in tags)
+def test_uv_platform_for_scf_glibc():
+    assert package.python_platform("2.17") == "x86_64-manylinux_2_17"
+    assert package.python_platform("2.28") == "x86_64-manylinux_2_28"
+    for bad in ("2", "2.17.1", "two.17", ""):
+        with pytest.raises(package.PackageError, match="--glibc"):
+            package.python_platform(bad)
+
+
+def test_without_uv_the_builder_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uv", None)  # import uv fails
+    monkeypatch.setattr(package.shutil, "which", lambda name: None)
+    with pytest.raises(package.PackageError, match=r"capserve\[scf\]"):
+        package.uv_binary()
+
+
+def test_uv_resolves_for_the_target_with_the_wheelhouse_as_find_links(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(package.subprocess, "run",
+                        lambda command, **kw: calls.append(command) or subprocess.CompletedProcess(command, 0, "", ""))
+    options = package.Options(out=tmp_path / "x.zip", wheelhouse=tmp_path / "new" / "wheels", offline=True)
+    package.install_dependencies(tmp_path / "stage", options)
+    command = calls[0]
+    assert command[command.index("--python-version") + 1] == "3.10"
+    assert command[command.index("--python-platform") + 1] == "x86_64-manylinux_2_17"
+    assert command[command.index("--only-binary") + 1] == ":all:" and "--offline" in command
+    assert command[command.index("--find-links") + 1] == str(tmp_path / "new" / "wheels")
+    assert (tmp_path / "new" / "wheels").is_dir()  # uv refuses a --find-links folder that is not there
+    assert set(package.SERVING_REQUIREMENTS) <= set(command)
+
+
+def _fake_python(folder: Path, script: str, version: str = "3.10") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"python{version}"
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+    return path
+
+
+# A version no interpreter here is, so that only the fake ones can match.
+FAKE = "3.99"
+
+
+def test_find_python_skips_a_broken_shim_and_takes_the_next(tmp_path, monkeypatch, capsys):
+    broken = _fake_python(tmp_path / "shims", f'echo "pyenv: python{FAKE}: command not found" >&2; exit 127', FAKE)
+    other = _fake_python(tmp_path / "other", "echo 3.9", FAKE)
+    working = _fake_python(tmp_path / "bin", f"echo {FAKE}", FAKE)
+    monkeypatch.setenv("PATH", os.pathsep.join(str(p.parent) for p in (broken, other, working)))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    assert package.find_python(FAKE) == str(working)
+    err = capsys.readouterr().err
+    assert f"skipping {broken}: it does not run (exit 127: pyenv: python{FAKE}: command not found)" in err
+    assert f"skipping {other}: it is Python 3.9" in err
+    with pytest.raises(package.PackageError, match="does not run"):
+        package.find_python(FAKE, str(broken))
+
+
+def test_find_python_looks_in_pyenv_versions(tmp_path, monkeypatch):
+    _fake_python(tmp_path / "shims", "exit 127", FAKE)
+    installed = _fake_python(tmp_path / "pyenv" / "versions" / f"{FAKE}.1" / "bin", f"echo {FAKE}", FAKE)
+    monkeypatch.setenv("PATH", str(tmp_path / "shims"))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    assert package.find_python(FAKE) == str(installed)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "nowhere"))
+    assert package.find_python(FAKE) is None
 
 
 def test_forbidden_packages_are_refused(tmp_path):
@@ -364,7 +441,8 @@ def test_serverless_yml(tmp_path, trigger, mode):
 def _quick_build(tmp_path, registry_dir, monkeypatch, size: int, **kwargs):
     monkeypatch.setattr(package, "install_dependencies", lambda stage, options: [])
     monkeypatch.setattr(package, "tree_size", lambda folder: size)
-    options = package.Options(out=tmp_path / "out" / "capserve.zip", registry=[registry_dir], compile=False, **kwargs)
+    options = package.Options(out=tmp_path / "out" / "capserve.zip", registry=[registry_dir], compile=False,
+                              check=False, **kwargs)
     return package.build(options)
 
 
@@ -388,3 +466,66 @@ def test_unknown_site_and_unsupported_python_are_refused(tmp_path, registry_dir,
         _quick_build(tmp_path, registry_dir, monkeypatch, 1, sites=["nope"])
     with pytest.raises(package.PackageError, match="3.10"):
         _quick_build(tmp_path, registry_dir, monkeypatch, 1, python="3.9")
+
+
+# -- the SCF runtime's package, built from this host ---------------------------------------------
+
+
+def tencent_events(site: str, image: bytes) -> list[dict]:
+    """From the platforms' sample events (tests/events/README.md): API Gateway GET ?base64Image=,
+    function URL POST JSON with and without a content type, an unknown site, bad base64."""
+    encoded = base64.b64encode(image).decode()
+
+    def gateway(path: str, query: dict) -> dict:
+        event = json.loads((EVENTS / "tencent-apigw.json").read_text())
+        event.update(httpMethod="GET", path=path, queryString=query, queryStringParameters={}, body=None)
+        return event
+
+    url = json.loads((EVENTS / "tencent-function-url.json").read_text())
+    url.update(path=f"/recognize/{site}", body=json.dumps({"image": encoded}))
+    typed = json.loads(json.dumps(url))
+    typed["headers"]["content-type"] = "application/json"
+    return [gateway(f"/recognize/{site}", {"base64Image": encoded}), typed, url,
+            gateway("/recognize/nowhere", {"base64Image": encoded}), gateway(f"/recognize/{site}", {"base64Image": "!!!"})]
+
+
+@SLOW
+def test_package_for_python_310_from_this_host(tmp_path):
+    """The documented command, on this host's Python, with a broken python3.10 shim first on
+    PATH, builds a package that answers under Python 3.10 in isolation."""
+    if demo_registry() != (REPO / "model_registry" / "bundled", []):
+        pytest.skip("needs the bundled demo entry")
+    python310 = package.find_python("3.10")
+    if python310 is None:
+        pytest.skip("no Python 3.10 interpreter here (.ci/run fails in that case)")
+    shim = _fake_python(tmp_path / "shims", 'echo "pyenv: python3.10: command not found" >&2; exit 127')
+    scripts = Path(sys.executable).parent
+    env = {**os.environ, "PATH": os.pathsep.join([str(shim.parent), str(scripts), os.environ.get("PATH", "")])}
+    env.pop("CAPSERVE_REGISTRY", None)
+    done = checked(subprocess.run([str(scripts / "capserve"), "scf", "package", "--out", "pkg.zip", "--site", "demo"],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900))
+    tried = [line for line in done.stderr.splitlines() if line.startswith("checked: under ")]
+    assert len(tried) == 1 and " -I -S the package read a 'demo' captcha as " in tried[0], done.stderr
+    if HOST_PYTHON != "3.10":  # else the builder's own interpreter (its console script's path) is taken
+        assert f"skipping {shim}: it does not run" in done.stderr
+        assert tried[0].startswith(f"checked: under {python310} -I -S")
+
+    with zipfile.ZipFile(tmp_path / "pkg.zip") as archive:
+        names = archive.namelist()
+        unzipped = sum(info.file_size for info in archive.infolist())
+        archive.extractall(tmp_path / "pkg-unzipped")
+    assert unzipped <= package.SIZE_GOAL_BYTES
+    assert not {n.split("/")[0].split("-")[0].lower() for n in names} & {"tensorflow", "tensorflow_cpu", "keras"}
+    tags = {line.split(":", 1)[1].strip() for path in (tmp_path / "pkg-unzipped").glob("*.dist-info/WHEEL")
+            for line in path.read_text().splitlines() if line.startswith("Tag:")}
+    assert tags and all(t.startswith(("cp310-", "py3-", "py2.py3-", "py2-")) for t in tags), tags
+    assert all("manylinux" in t or t.endswith("-any") for t in tags), tags
+
+    report = run_isolated(python310, tmp_path / "pkg-unzipped", tencent_events("demo", DEMO_EXAMPLE.read_bytes()),
+                          tmp_path)
+    assert report["version"] == [3, 10]
+    answers = [(a["statusCode"], json.loads(a["body"])) for a in report["answers"]]
+    for status, doc in answers[:3]:  # gateway GET, function URL JSON with and without content type
+        assert (status, doc["text"]) == (200, "7kp3"), doc
+    assert (answers[3][0], answers[3][1]["error"]["code"]) == (404, "unknown_site")
+    assert (answers[4][0], answers[4][1]["error"]["code"]) == (400, "bad_base64")

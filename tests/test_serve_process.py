@@ -110,6 +110,8 @@ def test_a_port_in_use_fails_at_once_with_a_clear_message(registry_dir):
     [
         ({"CAPSERVE_API_KEYS_FILE": "/nonexistent/keys.yaml"}, "CAPSERVE_API_KEYS_FILE /nonexistent/keys.yaml"),
         ({"CAPSERVE_MAX_BODY_BYTES": "1MB"}, "CAPSERVE_MAX_BODY_BYTES must be an integer, not '1MB'"),
+        ({"CAPSERVE_REDIS_URL": "http://127.0.0.1:6379"}, "CAPSERVE_REDIS_URL must start with redis://"),
+        ({"CAPSERVE_REDIS_FAIL": "maybe"}, "CAPSERVE_REDIS_FAIL is not valid: Input should be 'closed' or 'open'"),
     ],
 )
 def test_a_bad_setting_stops_the_server_before_any_worker_starts(registry_dir, workers, env, words):

@@ -94,7 +94,7 @@ def test_the_frames_probe_picks_the_step_that_shows_the_text(tmp_path):
     folder = tmp_path / "light"
     folder.mkdir()
     lines = ["file,label"]
-    for i, text in enumerate(labels(600, charset="abcdef", seed=6)):
+    for i, text in enumerate(labels(400, charset="abcdef", seed=6)):
         frames = [draw(text[k] if k < len(text) else "", size=(72, 24), fg=(255, 255, 255), bg=(0, 0, 0))
                   for k in range(5)]
         for k, frame in enumerate(frames):  # move each frame's character to its place in the word

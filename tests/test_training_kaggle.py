@@ -308,10 +308,6 @@ def scf_events(site: str, image: bytes) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.train
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 14: under Python 3.10 the SCF package answers every base64 input with 500 (server/parsing.py calls "
-    "binascii.a2b_base64(strict_mode=True), new in 3.11), and its dependencies are resolved for the host's "
-    "Python (exceptiongroup left out, pip aborting on backports-strenum)"))
 def test_the_notebooks_entry_served_from_an_scf_package_under_python_3_10(notebook_run, tmp_path):
     work, _ = notebook_run
     python310 = bundle.find_interpreter("3.10")

@@ -120,7 +120,7 @@ def case_rule(labels: Sequence[str]) -> str:
 
 
 FRAMES_CANDIDATES = ("frames_min", "frames_max", "frames_median", "frames_blend")
-PROBE_IMAGES, PROBE_VALIDATION, PROBE_STEPS = 1200, 300, 150
+PROBE_IMAGES, PROBE_VALIDATION, PROBE_STEPS = 800, 200, 120
 
 
 def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0) -> tuple[str, dict[str, float]]:
