@@ -79,9 +79,12 @@ class Preprocessor:
     wants_frames: bool
     decode_mode: str | None = None  # the first step's work, done by the image decoder
 
-    def decode(self, data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-        """Image bytes as the array this chain takes (the one way serving and training decode)."""
-        return decode_image(data, frames=self.wants_frames, mode=self.decode_mode, limits=limits)
+    def decode(
+        self, data: bytes, limits: ImageLimits = DEFAULT_LIMITS, image: Image.Image | None = None
+    ) -> np.ndarray:
+        """Image bytes as the array this chain takes (the one way serving and training decode);
+        ``image``: ``data`` already opened by ``images.open_image``."""
+        return decode_image(data, frames=self.wants_frames, mode=self.decode_mode, limits=limits, image=image)
 
     def from_image(self, image: Image.Image) -> np.ndarray:
         """A PIL image (a generator's) as the array this chain takes, as ``decode`` would make it."""

@@ -20,11 +20,12 @@ from PIL import Image
 
 from capserve.core.decoders import DECODERS, output_classes
 from capserve.core.errors import CapserveError, RecognitionFailed
+from capserve.core.files import MAX_MODEL_BYTES, FileRefused, read_regular
 from capserve.core.runtime import Runtime
 from capserve.core.spec import ModelSpec, SpecError
 from capserve.core.steps import Catalog
 from capserve.core.chain import ChainError, InputShape, Postprocessor, Preprocessor, compile_postprocess, compile_preprocess
-from capserve.core.images import DEFAULT_LIMITS, ImageLimits
+from capserve.core.images import DEFAULT_LIMITS, ImageLimits, open_image, pixels_to_decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +52,19 @@ class Model:
     """One servable entry: its spec, its interpreter pool and its compiled chains."""
 
     def __init__(
-        self, spec: ModelSpec, catalog: Catalog, *, limits: ImageLimits = DEFAULT_LIMITS, max_interpreters: int = 8
+        self,
+        spec: ModelSpec,
+        catalog: Catalog,
+        *,
+        content: bytes | None = None,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        max_interpreters: int = 8,
     ) -> None:
+        """``content``: the model file as ``read_model(spec)`` returned it (read here if None)."""
         self.spec = spec
         self.limits = limits
-        content = _read_model(spec)
+        if content is None:
+            content = read_model(spec)
         self.runtime = Runtime(content, max_interpreters=max_interpreters)
         _check_shapes(spec, self.runtime)
         shape = InputShape(spec.width, spec.height, spec.channels)
@@ -74,9 +83,18 @@ class Model:
         with contextlib.suppress(CapserveError):  # e.g. PNG not among the accepted formats
             self.recognize(_blank_png(self.spec.width, self.spec.height))
 
-    def recognize(self, data: bytes) -> Recognition:
+    def open(self, data: bytes) -> Image.Image:
+        """Read the image's header and check it against the limits; decodes nothing."""
+        return open_image(data, self.limits)
+
+    def decode_cost(self, image: Image.Image) -> int:
+        """The pixels recognizing the opened ``image`` decodes (every frame for a frames chain)."""
+        return pixels_to_decode(image, self.preprocess.wants_frames)
+
+    def recognize(self, data: bytes, image: Image.Image | None = None) -> Recognition:
+        """Recognize ``data``; ``image``: ``data`` as ``open`` returned it."""
         t0 = time.perf_counter()
-        image = self.preprocess.decode(data, self.limits)
+        image = self.preprocess.decode(data, self.limits, image)
         t1 = time.perf_counter()
         try:
             tensor = self.preprocess.tensor(image)
@@ -88,7 +106,8 @@ class Model:
         except CapserveError:
             raise
         except Exception as exc:  # a plugin or the interpreter failed on this one request
-            raise RecognitionFailed(f"{self.spec.site} v{self.spec.version}: {type(exc).__name__}: {exc}") from exc
+            # The cause stays chained for the transport to log; its text is not for clients.
+            raise RecognitionFailed(f"{self.spec.site} v{self.spec.version}: recognition failed") from exc
         t4 = time.perf_counter()
         return Recognition(
             text=text,
@@ -146,11 +165,15 @@ def _blank_png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def _read_model(spec: ModelSpec) -> bytes:
+def read_model(spec: ModelSpec) -> bytes:
+    """The entry's model file (a regular file inside the entry's folder, under the size cap),
+    checked against ``model.sha256`` when the entry has one."""
     try:
-        content = spec.model_file.read_bytes()
+        content = read_regular(spec.model_file, max_bytes=MAX_MODEL_BYTES, inside=spec.directory)
     except FileNotFoundError:
         raise SpecError(spec.path, "model.file", f"{spec.model_file.name} does not exist") from None
+    except FileRefused as exc:
+        raise SpecError(spec.path, "model.file", f"refused: {exc}") from None
     except OSError as exc:
         raise SpecError(spec.path, "model.file", f"cannot be read: {exc}") from None
     if spec.sha256 is not None:

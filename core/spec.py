@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from capserve.core import yamlfile
+from capserve.core.files import FileRefused, read_regular
 
 ENTRY_FILE = "model.yaml"
 MAX_ENTRY_BYTES = 256 * 1024
@@ -308,11 +309,11 @@ def parse_spec(doc: Any, path: Path) -> ModelSpec:
 def load_spec(path: Path) -> ModelSpec:
     """Read and check one ``model.yaml``."""
     try:
-        doc = yamlfile.read(path, MAX_ENTRY_BYTES)
+        doc = yamlfile.loads(read_regular(path, max_bytes=MAX_ENTRY_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise SpecError(path, "(file)", "does not exist") from None
-    except yamlfile.FileTooLarge as exc:
-        raise SpecError(path, "(file)", str(exc)) from None
+    except FileRefused as exc:
+        raise SpecError(path, "(file)", f"refused: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(path, "(file)", f"cannot be read: {exc}") from None
     except yamlfile.YAMLLimitError as exc:

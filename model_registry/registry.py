@@ -22,16 +22,18 @@ from pathlib import Path
 from typing import Iterable
 
 from capserve.core.errors import ModelUnavailable, UnknownSite
-from capserve.core.model import Model
+from capserve.core.model import Model, read_model
 from capserve.core.runtime import RuntimeLoadError
 from capserve.core.settings import Settings, current
-from capserve.core.spec import ENTRY_FILE, SITE_PATTERN, SpecError, load_spec
+from capserve.core.spec import ENTRY_FILE, SITE_PATTERN, ModelSpec, SpecError, load_spec
 from capserve.core.images import DEFAULT_LIMITS, ImageLimits
+from capserve.model_registry import proof
 from capserve.plugins import manager
 
 log = logging.getLogger("capserve.registry")
 
 BUNDLED = Path(__file__).parent / "bundled"
+_PACKAGED = BUNDLED.resolve()
 
 AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
 UNLOADED = "UNLOADED"  # lazy mode: the YAML is valid, the model loads on the site's first request
@@ -53,6 +55,7 @@ class Entry:
     site: str | None = None
     version: int | None = None
     model: Model | None = None  # the last copy that loaded; serves even while state is FAILED
+    shadowed_by: Path | None = None  # FAILED only because this entry serves the same site and version
 
     def describe(self) -> dict:
         out = {"path": str(self.path), "state": self.state, "site": self.site, "version": self.version}
@@ -61,6 +64,24 @@ class Entry:
         if self.model is not None:
             out["serving_version"] = self.model.spec.version
         return out
+
+
+def _fail(entry: Entry, error: str, *, trace: bool = False) -> None:
+    entry.state, entry.error = FAILED, error
+    (log.exception if trace else log.error)("entry %s failed to load: %s", entry.path, error)
+
+
+def _rank(entry: Entry, roots: list[Path]) -> tuple:
+    """Which of several entries defining one site and version serves: the one in a folder
+    ``<site>/<version>``, then ``<site>``, then any other; then the first registry folder;
+    then path order."""
+    spec, folder = entry.model.spec, entry.path.parent
+    if (folder.parent.name, folder.name) == (spec.site, str(spec.version)):
+        named = 0
+    else:
+        named = 1 if folder.name == spec.site else 2
+    root = next((i for i, r in enumerate(roots) if entry.path.is_relative_to(r)), len(roots))
+    return named, root, str(entry.path)
 
 
 def _signature(yaml_path: Path) -> tuple:
@@ -175,6 +196,7 @@ class Registry:
         """Rescan the registry folders and load what is new or changed."""
         with self._refresh_lock:
             seen = set()
+            changed = []
             for path in discover(self.roots):
                 seen.add(path)
                 try:
@@ -188,7 +210,8 @@ class Registry:
                     entry = self._entries[path] = Entry(path=path, signature=signature)
                 entry.signature = signature
                 # Lazy mode defers the model to the first request, unless one is already serving.
-                self._load(entry, spec_only=self.lazy and entry.model is None)
+                changed.append((entry, self.lazy and entry.model is None))
+            self._load(changed)
             for path in set(self._entries) - seen:
                 log.info("entry %s was removed", path)
                 del self._entries[path]
@@ -199,46 +222,74 @@ class Registry:
         """Lazy mode: load the site's entries now; True if the site then serves."""
         with self._refresh_lock:
             pending = [e for e in self._entries.values() if e.site == site and e.state == UNLOADED]
-            for entry in pending:
-                self._load(entry)
+            self._load([(entry, False) for entry in pending])
             if pending:
                 self._publish()
         return site in self._serving
 
-    def _load(self, entry: Entry, *, spec_only: bool = False) -> None:
-        entry.state, entry.error = LOADING, None
+    def _load(self, entries: list[tuple[Entry, bool]]) -> None:
+        """Check each entry and read its model file, prove the files in one child process
+        (``proof.prove``), then load the proven ones here. ``True`` beside an entry: its YAML only.
+        The bundled entries are part of the installed package, as trusted as its code: not proven."""
+        staged = [s for s in (self._stage(entry, spec_only) for entry, spec_only in entries) if s is not None]
+        untrusted = [i for i, (entry, _, _) in enumerate(staged) if not entry.path.is_relative_to(_PACKAGED)]
+        verdicts: list[str | None] = [None] * len(staged)
+        for i, verdict in zip(untrusted, proof.prove([staged[i][2] for i in untrusted])):
+            verdicts[i] = verdict
+        for (entry, spec, content), verdict in zip(staged, verdicts):
+            if verdict is not None:
+                _fail(entry, f"{entry.path}: model.file: {verdict}")
+                continue
+            try:
+                model = Model(
+                    spec, manager.catalog(), content=content, limits=self.limits, max_interpreters=self.max_interpreters
+                )
+                model.warm_up()
+            except (SpecError, RuntimeLoadError) as exc:
+                _fail(entry, str(exc))
+                continue
+            except Exception as exc:  # a broken entry must never take the others down
+                _fail(entry, f"{entry.path}: {type(exc).__name__}: {exc}", trace=True)
+                continue
+            entry.model, entry.state = model, AVAILABLE
+            log.info("loaded %s v%s from %s", spec.site, spec.version, entry.path)
+
+    def _stage(self, entry: Entry, spec_only: bool) -> tuple[Entry, ModelSpec, bytes] | None:
+        """The entry's spec and model file, or None (FAILED, or lazy mode's UNLOADED)."""
+        entry.state, entry.error, entry.shadowed_by = LOADING, None, None
         try:
             spec = load_spec(entry.path)
             entry.site, entry.version = spec.site, spec.version
             if spec_only:
                 entry.state = UNLOADED
-                return
-            model = Model(spec, manager.catalog(), limits=self.limits, max_interpreters=self.max_interpreters)
-            model.warm_up()
-        except (SpecError, RuntimeLoadError) as exc:
-            entry.state, entry.error = FAILED, str(exc)
-            log.error("entry %s failed to load: %s", entry.path, exc)
-            return
-        except Exception as exc:  # a broken entry must never take the others down
-            entry.state, entry.error = FAILED, f"{entry.path}: {type(exc).__name__}: {exc}"
-            log.exception("entry %s failed to load", entry.path)
-            return
-        entry.model, entry.state = model, AVAILABLE
-        log.info("loaded %s v%s from %s", spec.site, spec.version, entry.path)
+                return None
+            return entry, spec, read_model(spec)
+        except SpecError as exc:
+            _fail(entry, str(exc))
+        except Exception as exc:
+            _fail(entry, f"{entry.path}: {type(exc).__name__}: {exc}", trace=True)
+        return None
 
     def _publish(self) -> None:
         """Swap in the new site -> model map: highest loaded version per site."""
         serving: dict[str, Model] = {}
         claimed: dict[tuple[str, int], Path] = {}
-        for entry in sorted(self._entries.values(), key=lambda e: str(e.path)):
+        roots = [root.resolve() for root in self.roots]
+        loaded = [e for e in self._entries.values() if e.model is not None]
+        for entry in sorted(loaded, key=lambda e: _rank(e, roots)):
             model = entry.model
-            if model is None:
-                continue
             key = (model.spec.site, model.spec.version)
             if key in claimed:
-                entry.state = FAILED
-                entry.error = f"{entry.path}: site {key[0]!r} version {key[1]} is also defined by {claimed[key]}"
+                if entry.shadowed_by != claimed[key]:
+                    log.warning("entry %s: site %r version %s is served by %s", entry.path, *key, claimed[key])
+                entry.state, entry.shadowed_by = FAILED, claimed[key]
+                entry.error = (
+                    f"{entry.path}: site {key[0]!r} version {key[1]} is also defined by {claimed[key]}, "
+                    "which serves (an entry in a <site>/<version> folder wins, then the first registry folder)"
+                )
                 continue
+            if entry.shadowed_by is not None:  # the entry it lost to is gone
+                entry.state, entry.error, entry.shadowed_by = AVAILABLE, None, None
             claimed[key] = entry.path
             current = serving.get(model.spec.site)
             if current is None or model.spec.version > current.spec.version:

@@ -3,7 +3,10 @@
 Recognition runs inline on the event loop: it takes well under a millisecond for captcha
 models, less than a hop to a thread pool would cost. Scale with worker processes. Each
 endpoint is a plain function that finds what it needs on ``request.app.state``: the
-registry, the settings, the access rules and the metrics.
+registry, the settings, the access rules and the metrics. Only an image whose decoding could
+take more than a few ms goes to a small thread pool (``server/offload.py``). Every recognize
+answer carries ``X-Request-ID``; an unexpected error is logged with it and answered with it,
+never with its text.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from starlette.routing import Route
 from capserve.core.errors import CapserveError, RecognitionFailed, UnknownSite
 from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
-from capserve.server import console
+from capserve.server import console, offload, request_id
 from capserve.server.access import Access, refuse_status as refused
 from capserve.server.errors import HTTPError
 from capserve.server.metrics import Metrics
@@ -46,6 +49,7 @@ async def recognize(request: Request) -> Response:
     access: Access = state.access
     settings: Settings = state.settings
     site = request.path_params["site"]
+    rid = request_id.request_id(request.headers)
     served = None
     try:
         if access.enabled:
@@ -58,12 +62,16 @@ async def recognize(request: Request) -> Response:
         model = await serving_model(state.registry, site)
         served = site
         data = await image_bytes(request, body, settings.max_body_bytes)
-        result = model.recognize(data)
+        result = await offload.recognize(model, data)
         preview = console.preview_uri(model.preview(data)) if details == "preview" else None
+    except RecognitionFailed as exc:  # a plugin or the interpreter raised: logged, never shown
+        log.error("request %s: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
+        response = error_response(RecognitionFailed(f"{exc.message} (request id {rid})"))
     except CapserveError as exc:
         response = error_response(exc)
-    except Exception as exc:  # never let one request take the worker down
-        response = error_response(RecognitionFailed(f"{type(exc).__name__}: {exc}"))
+    except Exception:  # never let one request take the worker down, nor show its internals
+        log.exception("request %s failed", rid)
+        response = error_response(CapserveError(f"internal error (request id {rid})"))
     else:
         answer = {
             "ok": True,
@@ -81,6 +89,7 @@ async def recognize(request: Request) -> Response:
             answer["sample"] = await _keep(settings, site, data, result.text, model.spec.version)
         response = FastJSONResponse(answer)
     state.metrics.observe(served, response.status_code, time.perf_counter() - started)
+    response.headers[request_id.HEADER] = rid
     return response
 
 

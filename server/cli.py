@@ -92,7 +92,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             result = model.recognize(Path(path).read_bytes())
         except (CapserveError, OSError) as exc:
-            print(f"{path}: error: {exc}", file=sys.stderr)
+            cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+            print(f"{path}: error: {exc}{cause}", file=sys.stderr)  # the operator may see the cause
             failures += 1
             continue
         if args.json or args.details:

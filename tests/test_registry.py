@@ -216,3 +216,143 @@ def test_a_warm_up_the_entry_cannot_answer_does_not_fail_it(registry_dir):
     registry.refresh()
     assert registry.sites() == ["tiny"]
     assert [e.state for e in registry.entries()] == [AVAILABLE]
+
+
+def in_thread(call, *args, **kwargs):
+    """Run ``call`` in a thread and require it to return: a hang fails the test instead of
+    stalling it. Returns what it returned or raised."""
+    import threading
+
+    result = []
+
+    def run():
+        try:
+            result.append(call(*args, **kwargs))
+        except Exception as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), f"{call.__name__}() is blocked"
+    return result[0]
+
+
+def load_in_thread(registry: Registry) -> None:
+    in_thread(registry.refresh)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "fifo-in-folder"])
+def test_a_model_file_that_is_not_a_regular_file_is_refused(registry_dir, tiny_model_bytes, kind):
+    folder = registry_dir / "special" / "1"
+    model_factory.write_entry(folder, tiny_model_bytes, site="special", with_hash=False)
+    model = folder / "model.tflite"
+    model.unlink()
+    makers = {
+        "fifo": os.mkfifo,
+        "dev-zero": lambda p: p.symlink_to("/dev/zero"),
+        "directory": os.mkdir,
+        "fifo-in-folder": lambda p: (os.mkfifo(p.parent / "pipe"), p.symlink_to("pipe")),
+    }
+    makers[kind](model)
+    registry = Registry([registry_dir])
+    load_in_thread(registry)
+    entry = registry.site_entries("special")[0]
+    reason = "leads outside the entry's folder" if kind == "dev-zero" else "not a regular file"
+    assert entry.state == FAILED and reason in entry.error
+    assert registry.sites() == ["tiny"]
+    # the watcher is not stuck: a new entry still loads
+    model_factory.write_entry(registry_dir / "later" / "1", tiny_model_bytes, site="later")
+    load_in_thread(registry)
+    assert registry.sites() == ["later", "tiny"]
+
+
+def test_a_fifo_model_in_lazy_mode_fails_the_first_request_only(registry_dir, tiny_model_bytes):
+    folder = registry_dir / "special" / "1"
+    model_factory.write_entry(folder, tiny_model_bytes, site="special", with_hash=False)
+    (folder / "model.tflite").unlink()
+    os.mkfifo(folder / "model.tflite")
+    registry = Registry([registry_dir], lazy=True)
+    registry.refresh()
+    assert isinstance(in_thread(registry.get, "special", wait=30), UnknownSite)
+    assert "not a regular file" in registry.site_entries("special")[0].error
+    assert registry.get("tiny", wait=30).recognize(png_bytes()).text is not None
+
+
+def test_a_model_file_linked_outside_the_entry_is_refused_and_its_hash_never_shown(tmp_path, tiny_model_bytes):
+    import hashlib
+
+    outside = tmp_path / "secret.tflite"
+    outside.write_bytes(tiny_model_bytes + b"private")
+    root = tmp_path / "registry"
+    for site, sha256 in (("nohash", None), ("wronghash", "0" * 64)):
+        folder = root / site / "1"
+        model_factory.write_entry(folder, tiny_model_bytes, site=site, with_hash=False)
+        if sha256:
+            edit_yaml(folder / "model.yaml", model={"file": "model.tflite", "sha256": sha256})
+        (folder / "model.tflite").unlink()
+        (folder / "model.tflite").symlink_to(outside)
+    registry = load_one_of(root)
+    assert registry.sites() == []
+    for entry in registry.entries():
+        assert entry.state == FAILED and "leads outside the entry's folder" in entry.error
+        assert hashlib.sha256(outside.read_bytes()).hexdigest() not in entry.error
+
+
+def load_one_of(root: Path) -> Registry:
+    registry = Registry([root])
+    registry.refresh()
+    return registry
+
+
+def test_a_model_file_over_the_size_cap_is_refused(registry_dir, monkeypatch):
+    from capserve.core import model
+
+    monkeypatch.setattr(model, "MAX_MODEL_BYTES", 1000)
+    error = only_error(load_one(registry_dir))
+    assert "larger than 1000 bytes" in error
+
+
+def test_a_yaml_file_over_the_size_cap_is_refused(registry_dir, monkeypatch):
+    from capserve.core import spec
+
+    monkeypatch.setattr(spec, "MAX_ENTRY_BYTES", 100)
+    error = only_error(load_one(registry_dir))
+    assert "model.yaml" in error and "larger than 100 bytes" in error
+
+
+def test_a_duplicate_outside_its_site_folder_never_replaces_the_real_entry(registry_dir):
+    real = registry_dir / "tiny" / "1" / "model.yaml"
+    impostor = model_factory.write_entry(registry_dir / "aaa", model_factory.tiny_tflite(seed=1), site="tiny")
+    registry = load_one(registry_dir)
+    assert registry.get("tiny").spec.path == real
+    states = {e.path: e for e in registry.entries()}
+    assert states[real].state == AVAILABLE
+    assert states[impostor].state == FAILED and str(real) in states[impostor].error
+    # the rule holds whichever way the scan found them, and the impostor never serves
+    impostor.parent.rename(registry_dir / "zzz")
+    registry.refresh()
+    assert registry.get("tiny").spec.path == real
+    # when the duplicate goes, the entry it shadowed is AVAILABLE again
+    shutil.rmtree(registry_dir / "zzz")
+    real_copy = model_factory.write_entry(registry_dir / "tiny-copy" / "tiny" / "1", model_factory.tiny_tflite(seed=1))
+    registry.refresh()
+    assert registry.get("tiny").spec.path == real
+    assert {e.path: e.state for e in registry.entries()} == {real: AVAILABLE}
+    assert real_copy not in {e.path for e in registry.entries()}  # three levels down: not an entry
+
+
+def test_a_shadowed_entry_serves_again_when_its_duplicate_goes(tmp_path, tiny_model_bytes):
+    first, second = tmp_path / "first", tmp_path / "second"
+    model_factory.write_entry(first / "tiny" / "1", tiny_model_bytes)
+    model_factory.write_entry(second / "tiny" / "1", tiny_model_bytes)
+    registry = Registry([second, first])
+    registry.refresh()
+    winner, loser = second / "tiny" / "1" / "model.yaml", first / "tiny" / "1" / "model.yaml"
+    assert registry.get("tiny").spec.path == winner  # the first registry folder wins
+    by_path = {e.path: e for e in registry.entries()}
+    assert by_path[loser].state == FAILED and str(winner) in by_path[loser].error
+    shutil.rmtree(second / "tiny")
+    registry.refresh()
+    assert registry.get("tiny").spec.path == loser
+    assert [(e.path, e.state, e.error) for e in registry.entries()] == [(loser, AVAILABLE, None)]

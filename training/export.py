@@ -11,7 +11,8 @@ Modes:
 
 Only TFLite builtin ops are allowed (``TFLITE_BUILTINS``, plus ``TFLITE_BUILTINS_INT8`` for
 int8): a model needing Flex (``SELECT_TF_OPS``) fails to convert and is refused, because
-``ai-edge-litert`` cannot run Flex ops. Every file is then loaded by the *serving* runtime
+``ai-edge-litert`` cannot run Flex ops. Every file is then proven in a child process as the
+registry proves it (``model_registry.proof``), loaded by the *serving* runtime
 (``core.runtime.Runtime``) and run on the whole validation set through the
 serving decoder; the file is refused when its sequence accuracy is more than ``tolerance``
 below the Keras model's on the same inputs.
@@ -32,6 +33,7 @@ import numpy as np
 from capserve.core import settings
 from capserve.core.decoders import DECODERS
 from capserve.core.runtime import Runtime, RuntimeLoadError
+from capserve.model_registry import proof
 from capserve.training.metrics import Scores, score
 from capserve.training.models import ModelConfig, export_model
 
@@ -129,6 +131,9 @@ def _convert(model: Any, mode: str, representative: np.ndarray | None = None, *,
 
 def run_file(content: bytes, x: np.ndarray, charset: str, decoder: str) -> tuple[list[str], float]:
     """Run every input through the serving runtime and decoder; returns texts and mean µs per invoke."""
+    (refused,) = proof.prove([content])  # the registry's check, in a child process
+    if refused is not None:
+        raise ExportError(f"the exported file does not load in LiteRT (builtin ops only): {refused}")
     try:
         runtime = Runtime(content, num_threads=1, max_interpreters=1)
     except RuntimeLoadError as exc:
