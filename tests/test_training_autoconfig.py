@@ -82,9 +82,9 @@ def test_animated_images_get_a_frames_step(tmp_path):
         lines.append(f"{i}.gif,{text}")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     options, choices = choose(folder)
-    assert choices["frames"].value in autoconfig.FRAMES_CANDIDATES
-    assert options.preprocess[0] == choices["frames"].value
-    assert all(step in choices["frames"].why for step in autoconfig.FRAMES_CANDIDATES)  # each was tried
+    # too few animations to learn anything from in a probe run: the darkest value over the frames
+    assert options.preprocess[0] == "frames_min" == choices["frames"].value
+    assert "too few for a probe run" in choices["frames"].why
 
 
 @pytest.mark.slow
@@ -106,6 +106,7 @@ def test_the_frames_probe_picks_the_step_that_shows_the_text(tmp_path):
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     options, choices = choose(folder)
     assert choices["frames"].value == "frames_max", choices["frames"].why
+    assert all(step in choices["frames"].why for step in autoconfig.FRAMES_CANDIDATES)  # each was tried
 
 
 def test_colour_is_kept_only_where_it_carries_the_text(tmp_path):

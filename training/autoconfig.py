@@ -121,6 +121,7 @@ def case_rule(labels: Sequence[str]) -> str:
 
 FRAMES_CANDIDATES = ("frames_min", "frames_max", "frames_median", "frames_blend")
 PROBE_IMAGES, PROBE_VALIDATION, PROBE_STEPS = 800, 200, 120
+PROBE_LEAST = 200  # fewer labelled animations than this: too few to learn from, frames_min is taken
 
 
 def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0) -> tuple[str, dict[str, float]]:
@@ -147,7 +148,7 @@ def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0) 
         labels = [label for _, label in sample]
         train = Dataset(x[:cut], labels[:cut], ["probe"] * cut)
         val = Dataset(x[cut:], labels[cut:], ["probe"] * (len(sample) - cut))
-        epochs = max(1, -(-PROBE_STEPS * batch // len(train)))
+        epochs = min(20, max(1, -(-PROBE_STEPS * batch // len(train))))
         result = fit(config, charset, train, val, TrainConfig(epochs=epochs, batch_size=batch, augment={}, seed=seed,
                                                               progress="none", catch_signals=False))
         scores[step] = max(r.char_accuracy for r in result.history)

@@ -143,7 +143,11 @@ def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choi
         alpha, animated = _traits(options)
         chain = datasets.default_preprocess(changes.get("channels", options.channels), alpha=alpha, animated=animated)
         changes["preprocess"] = chain
-        if animated and options.data is not None:
+        if animated and (options.data is None or len(labels) < autoconfig.PROBE_LEAST):
+            choices.append(autoconfig.Choice("frames", "frames_min", "animated images (too few for a probe run): each "
+                                             "pixel's darkest value over the frames, so dark text that blinks or "
+                                             "appears in parts is whole", "--preprocess"))
+        elif animated:
             shape = InputShape(changes.get("width", options.width), changes.get("height", options.height),
                                changes.get("channels", options.channels))
             items = datasets.scan_folder(options.data, case=options.case)
