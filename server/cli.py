@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -153,9 +154,11 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
+    import asyncio
     import webbrowser
 
-    import uvicorn
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
 
     from capserve.server.app import create_app
 
@@ -174,7 +177,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     print(f"labelling {folder} at {url}  (Ctrl+C to stop)", flush=True)
     if args.open:
         webbrowser.open(url)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = Server(app, address=args.host, port=args.port, interface=Interfaces.ASGI, websockets=False,
+                    log_level="warning")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve())
     return 0
 
 

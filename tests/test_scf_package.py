@@ -374,7 +374,9 @@ def test_uv_resolves_for_the_target_with_the_wheelhouse_as_find_links(tmp_path, 
     assert command[command.index("--only-binary") + 1] == ":all:" and "--offline" in command
     assert command[command.index("--find-links") + 1] == str(tmp_path / "new" / "wheels")
     assert (tmp_path / "new" / "wheels").is_dir()  # uv refuses a --find-links folder that is not there
-    assert set(package.SERVING_REQUIREMENTS) <= set(command)
+    assert set(package.requirements("event")) <= set(command)
+    assert not any(c.startswith("granian") for c in command)  # an event function runs no HTTP server
+    assert any(r.startswith("granian") for r in package.requirements("web"))
 
 
 def _fake_python(folder: Path, script: str, version: str = "3.10") -> Path:
