@@ -18,6 +18,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -383,10 +384,12 @@ def fit(
             best_char, best_loss = max(best_char, record.char_accuracy), min(best_loss, record.loss)
             if improved:
                 best_acc, best_epoch, best_weights = record.sequence_accuracy, epoch, model.get_weights()
-            if config.deadline is not None and epoch - initial_epoch <= REPLAN_EPOCHS and stop.reason is None:
+            if config.deadline is not None and stop.reason is None:
                 # The first epoch pays for tracing: its steady step time (after WARM_STEPS) and the
-                # validation's time plan the run; the next epochs' times correct a plan off by 20%.
-                seconds = record.seconds
+                # validation's time plan the run; later, the median of the last three epochs'
+                # times corrects a plan off by 20% (a machine that got busier or quieter).
+                recent = [r.seconds for r in history[initial_epoch + 1:]][-REPLAN_EPOCHS:] or [record.seconds]
+                seconds = statistics.median(recent)  # this run's first epoch left out: it traced
                 clock = schedule["clock"]
                 if epoch == initial_epoch + 1 and len(clock) == 2:
                     steady = (clock[schedule["last_batch"]] - clock[WARM_STEPS]) / (schedule["last_batch"] - WARM_STEPS)
@@ -441,7 +444,7 @@ def fit(
 WARM_STEPS = 3
 """Steps of a run's first epoch left out of its steady step time (tracing, warm-up)."""
 REPLAN_EPOCHS = 3
-"""A budgeted run plans its epochs again after each of its first epochs."""
+"""A budgeted run corrects its plan from the median time of this many recent epochs."""
 
 
 def _plan(done: int, epoch_seconds: float, deadline: float, cap: int) -> int:
