@@ -170,6 +170,7 @@ def _label_all(page, texts: list[str]) -> None:
             shot(page, "label")
         page.keyboard.press("Enter")
     page.wait_for_function("() => document.getElementById('label-message').textContent.includes('Every sample')")
+    page.wait_for_load_state("networkidle")  # saving is not awaited by the page: let the last PUT finish
 
 
 def test_label_twenty_collected_samples_with_the_keyboard(page, registry, tmp_path):
@@ -253,6 +254,7 @@ def test_console_asks_for_a_key_and_refuses_without_one(page, registry, tmp_path
         page.keyboard.type("7kp3")
         page.keyboard.press("Enter")
         page.wait_for_function("() => document.getElementById('label-message').textContent.includes('Every sample')")
+        page.wait_for_load_state("networkidle")  # saving is not awaited by the page: let the last PUT finish
         page.goto(base + "/#try")
         page.set_input_files("#try-file", str(DEMO_EXAMPLE))
         page.wait_for_function("() => document.getElementById('try-text').textContent === '7kp3'")
@@ -313,4 +315,5 @@ def test_a_sample_gone_since_the_list_was_read_is_passed_over(page, tmp_path):
         page.keyboard.type(texts[2])
         page.keyboard.press("Enter")
         page.wait_for_function("() => document.getElementById('label-message').textContent.includes('Every sample')")
+        page.wait_for_load_state("networkidle")  # saving is not awaited by the page: let the last PUT finish
     assert (folder / "labels.csv").read_text().splitlines()[1:] == [f"img0.png,{texts[0]}", f"img2.png,{texts[2]}"]
