@@ -290,8 +290,7 @@ def run(options: TrainOptions) -> Path | None:
     from capserve.training.train import StopRequest
 
     started = time.monotonic()
-    stop = StopRequest()
-    stop.install()
+    stop = StopRequest()  # installed when training starts: before, a signal stops the run as usual
     try:
         return _run(options, started, stop)
     finally:
@@ -353,6 +352,7 @@ def _run(options: TrainOptions, started: float, stop) -> Path | None:
         progress=options.progress,
     )
     log(f"training a {config.arch}/{config.decoder} model for up to {epochs} epochs ...")
+    stop.install()
     result = fit(config, charset, train, val, train_config)
     log(f"best validation sequence accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch} "
         f"({result.seconds:.0f}s, stopped: {result.stopped})")
