@@ -13,14 +13,13 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from capserve.core.errors import CapserveError
-from capserve.server.errors import BadJSON, BadRequest, status_of
-from capserve.server.parsing import decode_base64, read_body
+from capserve.server.errors import BadRequest, status_of
+from capserve.server.parsing import decode_base64, json_object, read_body
 from capserve.server import samples
 from capserve.server.responses import FastJSONResponse
 from capserve.server.solving import BALANCE, Hints, caller, choose_site, hint_number, issue_id, log, resolve_id, solve
@@ -64,12 +63,7 @@ def error_answer(error: CapserveError) -> Response:
 
 async def request_doc(request: Request) -> dict[str, Any]:
     body = await read_body(request, request.app.state.settings.max_body_bytes)
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadJSON(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadJSON('the body must be a JSON object like {"clientKey": ..., "task": {...}}')
+    doc = json_object(body, '{"clientKey": ..., "task": {...}}')
     key = doc.get("clientKey")
     doc["key"] = caller(request.app.state.access, key if isinstance(key, str) else None)
     return doc

@@ -121,13 +121,19 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _from_json(body: bytes, max_bytes: int) -> bytes:
+def json_object(body: bytes, example: str) -> dict:
+    """The JSON object a body holds; ``BadJSON`` naming ``example`` for anything else."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadJSON(f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise BadJSON('the JSON body must be an object like {"image": "<base64>"}')
+        raise BadJSON(f"the JSON body must be an object like {example}")
+    return doc
+
+
+def _from_json(body: bytes, max_bytes: int) -> bytes:
+    doc = json_object(body, '{"image": "<base64>"}')
     for field in IMAGE_FIELDS:
         value = doc.get(field)
         if value is not None:
