@@ -35,9 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter, ImageFont  # noqa: E402
 
 from benchmarks.load_common import Server, capserve_argv, free_port  # noqa: E402
+from capserve.training.entry import ENTRY_FILE  # noqa: E402
 
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 LOWER = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -222,6 +224,14 @@ def ddddocr_accuracy(items: list[tuple[Path, str]], style: str) -> tuple[float, 
     return raw / len(items), folded / len(items)
 
 
+def markdown(rows: list[tuple], test: int) -> str:
+    header = ("style", "kind", "training images", "budget", "train minutes", "of budget", "validation (LiteRT)",
+              f"{test} fresh over HTTP", "ms per request", "ddddocr", "ddddocr folded")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--styles", default=",".join(STYLES))
@@ -253,20 +263,18 @@ def main() -> int:
             print(f"{style}: capserve train failed, see {base / 'train.log'}", file=sys.stderr)
             continue
         entry = json.loads(done.stdout.strip().splitlines()[-1])
+        record = yaml.safe_load((Path(entry["entry"]) / ENTRY_FILE).read_text(encoding="utf-8"))["training"]
+        budget = record.get("time_budget_s")
         accuracy, ms = read_over_http(registry, site, test, style)
         peer = ddddocr_accuracy(test, style)
         peer_cells = tuple(f"{v:.4f}" for v in peer) if peer else ("-", "-")
-        rows.append((style, STYLES[style][1], args.train, f"{minutes:.1f}", f"{entry['accuracy']:.4f}",
+        rows.append((style, STYLES[style][1], args.train, f"{budget / 60:.0f} min" if budget else "-",
+                     f"{minutes:.1f}", f"{minutes * 60 / budget:.2f}" if budget else "-", f"{entry['accuracy']:.4f}",
                      f"{accuracy:.4f}", f"{ms:.1f}", *peer_cells))
         print(f"{style}: {accuracy:.4f} over HTTP after {minutes:.1f} min", file=sys.stderr)
-    header = ("style", "kind", "training images", "train minutes", "validation (LiteRT)",
-              f"{args.test} fresh over HTTP", "ms per request", "ddddocr", "ddddocr folded")
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+        if args.out:  # written after every style, so a long run that is stopped keeps its rows
+            args.out.write_text(markdown(rows, args.test) + "\n")
+    print(markdown(rows, args.test))
     print(f"work folder: {work}", file=sys.stderr)
     return 0 if len(rows) == len(args.styles.split(",")) else 1
 
