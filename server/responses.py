@@ -8,7 +8,7 @@ import orjson
 from starlette.responses import JSONResponse
 
 from capserve.core.errors import CapserveError
-from capserve.server.errors import status_of
+from capserve.server.errors import PayloadTooLarge, status_of
 
 
 class FastJSONResponse(JSONResponse):
@@ -28,4 +28,6 @@ def error_response(error: CapserveError) -> FastJSONResponse:
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["retry-after"] = str(retry_after)
+    if isinstance(error, PayloadTooLarge):  # the body may be left unread: no request may follow it
+        headers["connection"] = "close"
     return FastJSONResponse(error_body(error), status_code=status, headers=headers)

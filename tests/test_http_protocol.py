@@ -109,6 +109,55 @@ def test_headers_under_the_limit_and_a_large_body_are_served(limited):
         sock.close()
 
 
+def test_oversized_bodies_among_good_requests_all_get_413_and_lose_no_good_request(limited):
+    """A refused body is read (up to a bound) before the 413 goes out, so a client still sending
+    it reads the answer rather than a reset; ``Connection: close`` keeps a client's pool from
+    sending its next request on the connection the server is closing."""
+    import asyncio
+
+    import httpx
+
+    good = png_bytes("5678")
+    large = b"\x89PNG" + b"0" * (2 * 1024 * 1024)  # over the default 1 MiB body limit
+    answers: list[object] = []
+
+    async def client_task(client: httpx.AsyncClient, n: int) -> None:
+        for i in range(n):
+            oversized = i % 2 == 0
+            try:
+                r = await client.post("/recognize/tiny", content=large if oversized else good,
+                                      headers={"content-type": "image/png"})
+                answers.append((oversized, r.status_code, r.headers.get("connection")))
+            except httpx.TransportError as exc:
+                answers.append((oversized, repr(exc), None))
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=limited, limits=httpx.Limits(max_connections=4), timeout=10) as client:
+            await asyncio.gather(*(client_task(client, 30) for _ in range(4)))
+
+    asyncio.run(main())
+    assert [a for a in answers if a[0] and a[1:] != (413, "close")] == []
+    assert [a for a in answers if not a[0] and a[1] != 200] == []
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_sending_an_oversized_body_reads_the_413(limited, chunked):
+    body = b"x" * (3 * 1024 * 1024)
+    sock = _connect(limited)
+    try:
+        if chunked:
+            head = b"Transfer-Encoding: chunked\r\n\r\n"
+            payload = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[i:i + 65536] for i in range(0, len(body), 65536))) + b"0\r\n\r\n"
+        else:
+            head, payload = f"Content-Length: {len(body)}\r\n\r\n".encode(), body
+        sock.sendall(b"POST /recognize/tiny HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n" + head + payload)
+        head, answer = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer
+        assert _until_closed(sock, within=5) == b""  # and then the connection closes
+    finally:
+        sock.close()
+
+
 def test_connections_over_the_limit_wait_while_the_others_are_served(registry_dir):
     with start_server(registry_dir, "--max-connections", "2") as base:
         held = [_connect(base) for _ in range(2)]
