@@ -5,8 +5,8 @@ models, less than a hop to a thread pool would cost. Scale with worker processes
 endpoint is a plain function that finds what it needs on ``request.app.state``: the
 registry, the settings, the access rules and the metrics. Only an image whose decoding could
 take more than a few ms goes to a small thread pool (``server/offload.py``). Every recognize
-answer carries ``X-Request-ID``; an unexpected error is logged with it and answered with it,
-never with its text.
+answer carries ``X-Request-ID`` (``server/request_id.py``, the app's one middleware); an
+unexpected error is logged with it and answered with it, never with its text.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -49,7 +50,7 @@ async def recognize(request: Request) -> Response:
     access: Access = state.access
     settings: Settings = state.settings
     site = request.path_params["site"]
-    rid = request_id.request_id(request.headers)
+    rid = request_id.of(request)
     served = None
     try:
         if access.enabled:
@@ -89,7 +90,6 @@ async def recognize(request: Request) -> Response:
             answer["sample"] = await _keep(settings, site, data, result.text, model.spec.version)
         response = FastJSONResponse(answer)
     state.metrics.observe(served, response.status_code, time.perf_counter() - started)
-    response.headers[request_id.HEADER] = rid
     return response
 
 
@@ -189,7 +189,8 @@ def create_app(
         registry.close()
         app.state.metrics.close()
 
-    app = Starlette(routes=[ROUTES[0], *PROTOCOL_ROUTES, *ROUTES[1:]], exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=[ROUTES[0], *PROTOCOL_ROUTES, *ROUTES[1:]], exception_handlers={HTTPException: http_error},
+                    middleware=[Middleware(request_id.RequestId)], lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.access = access if access is not None else Access.from_settings(settings)

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from capserve.core.errors import CapserveError
 from capserve.server.errors import BadRequest, status_of
+from capserve.server import request_id
 from capserve.server.parsing import decode_base64, json_object, read_body
 from capserve.server import samples
 from capserve.server.responses import FastJSONResponse
@@ -107,9 +108,9 @@ async def create_task(request: Request) -> Response:
         status = status_of(exc)
         response = error_answer(exc)
     except Exception:  # never let one request take the worker down; the client sees no internals
-        log.exception("createTask failed")
+        log.exception("request %s: createTask failed", request_id.of(request))
         status = 500
-        response = error_answer(CapserveError("unexpected error"))
+        response = error_answer(CapserveError(f"unexpected error (request id {request_id.of(request)})"))
     state.metrics.observe(served, status, time.perf_counter() - started)
     return response
 
@@ -122,8 +123,8 @@ async def get_task_result(request: Request) -> Response:
     except CapserveError as exc:
         return error_answer(exc)
     except Exception:
-        log.exception("getTaskResult failed")
-        return error_answer(CapserveError("unexpected error"))
+        log.exception("request %s: getTaskResult failed", request_id.of(request))
+        return error_answer(CapserveError(f"unexpected error (request id {request_id.of(request)})"))
 
 
 async def get_balance(request: Request) -> Response:

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from capserve.core.errors import CapserveError
 from capserve.server.errors import BadRequest, MissingImage, status_of
+from capserve.server import request_id
 from capserve.server.parsing import decode_base64, parse_urlencoded, read_body, read_form
 from capserve.server import samples
 from capserve.server.responses import FastJSONResponse
@@ -135,9 +136,9 @@ async def in_php(request: Request) -> Response:
         status = status_of(exc)
         response = error_answer(json_form, exc)
     except Exception:  # never let one request take the worker down; the client sees no internals
-        log.exception("in.php failed")
+        log.exception("request %s: in.php failed", request_id.of(request))
         status = 500
-        response = error_answer(json_form, CapserveError("unexpected error"))
+        response = error_answer(json_form, CapserveError(f"unexpected error (request id {request_id.of(request)})"))
     state.metrics.observe(served, status, time.perf_counter() - started)
     return response
 
@@ -167,8 +168,8 @@ async def res_php(request: Request) -> Response:
     except CapserveError as exc:
         return error_answer(json_form, exc)
     except Exception:
-        log.exception("res.php failed")
-        return error_answer(json_form, CapserveError("unexpected error"))
+        log.exception("request %s: res.php failed", request_id.of(request))
+        return error_answer(json_form, CapserveError(f"unexpected error (request id {request_id.of(request)})"))
 
 
 def _text_or_error(secret: bytes, key, captcha_id: str) -> str:

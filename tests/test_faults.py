@@ -138,6 +138,40 @@ def test_an_unexpected_error_answers_a_generic_message_with_the_request_id(regis
     assert record.exc_info[0] is KeyError and "/srv/secret/path" in str(record.exc_info[1])
 
 
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/tiny"])
+def test_an_unexpected_error_on_any_route_is_logged_once_and_answered_with_the_request_id(
+    registry_dir, monkeypatch, caplog, path
+):
+    registry = Registry([registry_dir])
+    registry.refresh()
+
+    def broken():
+        raise OSError("/srv/secret/registry unreadable")
+
+    monkeypatch.setattr(registry, "site_entries", lambda site: broken())
+    monkeypatch.setattr(registry, "entries", broken)
+    with TestClient(create_app(registry, Settings(), watch=False), raise_server_exceptions=False) as c:
+        r = c.get(path, headers={"X-Request-ID": "ops-7"})
+        assert c.get("/healthz").status_code == 200
+    assert r.status_code == 500 and r.headers["x-request-id"] == "ops-7"
+    assert r.json() == {"ok": False, "error": {"code": "internal_error", "message": "internal error (request id ops-7)"}}
+    (record,) = [rec for rec in caplog.records if rec.exc_info]
+    assert "ops-7" in record.getMessage() and "/srv/secret/registry" in str(record.exc_info[1])
+
+
+def test_a_protocol_route_logs_an_unexpected_error_with_the_id_it_answers(registry_dir, monkeypatch, caplog):
+    registry = Registry([registry_dir])
+    registry.refresh()
+    monkeypatch.setattr(registry, "get", lambda site: (_ for _ in ()).throw(KeyError("/srv/secret")))
+    with TestClient(create_app(registry, Settings(), watch=False)) as c:
+        r = c.post("/createTask", json={"clientKey": "k", "task": {"type": "ImageToTextTask", "body": IMAGE, "site": "tiny"}},
+                   headers={"X-Request-ID": "proto-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "proto-1"
+    assert r.json()["errorId"] != 0 and "proto-1" in r.text and "/srv/secret" not in r.text
+    (record,) = [rec for rec in caplog.records if rec.exc_info]
+    assert "proto-1" in record.getMessage() and record.exc_info[0] is KeyError
+
+
 @pytest.mark.parametrize("given", [None, "", "a" * 129, "two words", "x\"y", "a/b", "<script>"])
 def test_every_answer_carries_a_request_id_of_its_own_unless_the_client_sent_a_sane_one(registry_dir, given):
     registry = Registry([registry_dir])
@@ -148,8 +182,11 @@ def test_every_answer_carries_a_request_id_of_its_own_unless_the_client_sent_a_s
             c.get("/recognize/tiny", params={"base64Image": IMAGE}, headers=headers),
             c.get("/recognize/nowhere", params={"base64Image": IMAGE}, headers=headers),
             c.post("/recognize/tiny", content=b"junk", headers=headers),
+            c.get("/v1/models", headers=headers),
+            c.get("/healthz", headers=headers),
+            c.get("/nowhere", headers=headers),
         ]
     ids = [r.headers["x-request-id"] for r in answers]
-    assert [r.status_code for r in answers] == [200, 404, 422]
-    assert len(set(ids)) == 3 and given not in ids and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert [r.status_code for r in answers] == [200, 404, 422, 200, 200, 404]
+    assert len(set(ids)) == 6 and given not in ids and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
 
