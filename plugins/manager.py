@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "capserve.plugins.builtin.cleaning",
     "capserve.plugins.builtin.text",
     "capserve.plugins.builtin.generators",
+    "capserve.plugins.builtin.mixture",
 )
 
 pm = pluggy.PluginManager("capserve")

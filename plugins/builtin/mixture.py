@@ -1,0 +1,196 @@
+"""Built-in generators plugin: ``mixture``, captchas of many styles from one generator.
+
+Each image draws its own style: a font from the fonts given (default: every TrueType font of
+the system's font folders and of the ``captcha`` package), a background (flat, gradient,
+speckle or blocks), one colour for the text or one per character (always contrasting with the
+background), per-character size, rotation, jitter and spacing (from overlapping to wide), lines,
+arcs and dots over or under the text, and sometimes a sine warp and a blur. Lengths, charset
+and size are parameters. It is the data a general model learns from; anyone can widen the
+mixture with a generator plugin of their own (docs/plugins.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from capserve.core.steps import Generator, Param
+from capserve.plugins.hookspecs import hookimpl
+
+FONT_FOLDERS = (Path("/usr/share/fonts/truetype"), Path("/usr/local/share/fonts"), Path.home() / ".fonts")
+CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@functools.cache
+def system_fonts() -> tuple[str, ...]:
+    """Every .ttf in the system's font folders and the captcha package's own, sorted."""
+    found = {str(p) for folder in FONT_FOLDERS if folder.is_dir() for p in folder.rglob("*.ttf")}
+    try:
+        import captcha
+
+        found |= {str(p) for p in (Path(captcha.__file__).parent / "data").glob("*.ttf")}
+    except ImportError:
+        pass
+    return tuple(sorted(found))
+
+
+@functools.cache
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)
+
+
+def _lightness(colour: tuple[int, int, int]) -> float:
+    r, g, b = colour
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
+
+
+def _contrasting(rng: random.Random, background: float) -> tuple[int, int, int]:
+    """A colour whose lightness is at least 90 away from ``background``."""
+    while True:
+        colour = _colour(rng)
+        if abs(_lightness(colour) - background) >= 90:
+            return colour
+
+
+def _background(rng: random.Random, width: int, height: int) -> Image.Image:
+    kind = rng.choice(("flat", "gradient", "speckle", "blocks"))
+    dark = rng.random() < 0.25
+    base = tuple(rng.randrange(0, 80) if dark else rng.randrange(170, 256) for _ in range(3))
+    if kind == "flat":
+        return Image.new("RGB", (width, height), base)
+    if kind == "gradient":
+        other = tuple(min(255, max(0, c + rng.randint(-70, 70))) for c in base)
+        t = np.linspace(0, 1, width if rng.random() < 0.7 else height, dtype=np.float32)
+        ramp = np.outer(t, other).astype(np.float32) + np.outer(1 - t, base)
+        pixels = np.broadcast_to(ramp[None], (height, width, 3)) if len(t) == width else \
+            np.broadcast_to(ramp[:, None], (height, width, 3))
+        return Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8))
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    if kind == "speckle":
+        noise = np_rng.integers(-40, 41, (height, width, 1))
+        return Image.fromarray(np.clip(np.array(base)[None, None] + noise, 0, 255).astype(np.uint8))
+    image = Image.new("RGB", (width, height), base)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(3, 10)):
+        x, y = rng.randrange(width), rng.randrange(height)
+        shade = tuple(min(255, max(0, c + rng.randint(-50, 50))) for c in base)
+        draw.rectangle((x, y, x + rng.randint(5, width // 2), y + rng.randint(5, height)), fill=shade)
+    return image
+
+
+def _clutter(rng: random.Random, image: Image.Image, colours: list[tuple[int, int, int]]) -> None:
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    pick = lambda: rng.choice(colours) if rng.random() < 0.6 else _colour(rng)  # noqa: E731
+    for _ in range(rng.choice((0, 0, 1, 2, 3, 4))):
+        points = [(rng.randrange(width), rng.randrange(height)) for _ in range(2)]
+        draw.line(points, fill=pick(), width=rng.randint(1, 3))
+    for _ in range(rng.choice((0, 0, 1, 2))):
+        x, y = rng.randrange(-width // 2, width // 2), rng.randrange(-height, height // 2)
+        box = (x, y, x + rng.randint(width // 2, width * 2), y + rng.randint(height, height * 2))
+        draw.arc(box, rng.randrange(360), rng.randrange(360), fill=pick(), width=rng.randint(1, 3))
+    for _ in range(rng.choice((0, 0, 30, 100, 300))):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.choice((0, 0, 1))
+        draw.ellipse((x, y, x + r, y + r), fill=pick())
+
+
+def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str, ...],
+            colours: list[tuple[int, int, int]]) -> None:
+    width, height = image.size
+    font = rng.choice(fonts)
+    size = int(height * rng.uniform(0.45, 0.8))
+    rotate, jitter = rng.choice((0, 10, 25, 35)), int(height * rng.uniform(0, 0.15))
+    tiles = []
+    for i, char in enumerate(text):
+        fnt = _font(font, max(8, int(size * rng.uniform(0.85, 1.15))))
+        left, top, right, bottom = fnt.getbbox(char)
+        tile = Image.new("RGBA", (right - left + 8, bottom - top + 8), (0, 0, 0, 0))
+        ImageDraw.Draw(tile).text((4 - left, 4 - top), char, font=fnt, fill=(*colours[i % len(colours)], 255))
+        tiles.append(tile.rotate(rng.uniform(-rotate, rotate), resample=Image.BICUBIC, expand=True))
+    spacing = rng.uniform(-0.25, 0.3)
+    advances = [t.width * (1 + spacing) for t in tiles]
+    total = sum(advances[:-1]) + tiles[-1].width
+    scale = min(1.0, (width - 4) / total, (height - 2) / max(t.height for t in tiles))
+    if scale < 1.0:
+        tiles = [t.resize((max(1, int(t.width * scale)), max(1, int(t.height * scale))), Image.BICUBIC) for t in tiles]
+        advances = [a * scale for a in advances]
+        total *= scale
+    x = rng.uniform(2, max(2.0, width - total - 2))
+    for tile, advance in zip(tiles, advances):
+        y = (height - tile.height) // 2 + rng.randint(-jitter, jitter)
+        image.paste(tile, (int(x), max(0, min(height - tile.height, y))), tile)
+        x += advance
+
+
+def _warp(rng: random.Random, image: Image.Image) -> Image.Image:
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    amplitude, period, phase = rng.uniform(1, height * 0.07), rng.uniform(width * 0.3, width * 1.2), rng.uniform(0, 6.3)
+    shifts = np.rint(amplitude * np.sin(2 * math.pi * np.arange(width) / period + phase)).astype(int)
+    rows = (np.arange(height)[:, None] - shifts[None, :]) % height
+    return Image.fromarray(pixels[rows, np.arange(width)[None, :]])
+
+
+def mixture(
+    rng: random.Random,
+    *,
+    width: int = 160,
+    height: int = 60,
+    charset: str = CHARSET,
+    min_length: int = 3,
+    max_length: int = 8,
+    fonts: str = "",
+) -> tuple[Image.Image, str]:
+    """One captcha of a style drawn from ``rng`` and its text. ``fonts``: ``|``-separated .ttf
+    paths (default: every system font and the captcha package's)."""
+    if min_length > max_length:
+        raise ValueError(f"min_length ({min_length}) is greater than max_length ({max_length})")
+    if not charset:
+        raise ValueError("charset must not be empty")
+    chosen = tuple(p.strip() for p in fonts.split("|") if p.strip()) or system_fonts()
+    missing = [p for p in chosen if not Path(p).is_file()]
+    if missing or not chosen:
+        raise ValueError(f"no such font file: {missing[0]}" if missing else "no TrueType font found; pass fonts=")
+    text = "".join(rng.choice(charset) for _ in range(rng.randint(min_length, max_length)))
+    image = _background(rng, width, height)
+    background = _lightness(image.resize((1, 1), Image.BOX).getpixel((0, 0)))
+    colours = [_contrasting(rng, background) for _ in range(len(text) if rng.random() < 0.4 else 1)]
+    if rng.random() < 0.5:
+        _clutter(rng, image, colours)
+    _glyphs(rng, image, text, chosen, colours)
+    if rng.random() < 0.5:
+        _clutter(rng, image, colours)
+    if rng.random() < 0.3:
+        image = _warp(rng, image)
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    return image, text
+
+
+@hookimpl
+def register_generators():
+    return [
+        Generator(
+            "mixture",
+            mixture,
+            (
+                Param("width", "int", default=160, min=16, max=2000),
+                Param("height", "int", default=60, min=16, max=2000),
+                Param("charset", "str", default=CHARSET),
+                Param("min_length", "int", default=3, min=1, max=64),
+                Param("max_length", "int", default=8, min=1, max=64),
+                Param("fonts", "str", default="", help="'|'-separated .ttf paths; default: every system font"),
+            ),
+            "Captchas of many styles: fonts, backgrounds, colours, rotations, overlaps, lines, arcs, dots, warps.",
+        )
+    ]

@@ -1,0 +1,52 @@
+"""The ``mixture`` generator: captchas of many styles, seeded, within its parameters."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from capserve.plugins import manager
+from capserve.plugins.builtin.mixture import system_fonts
+
+GENERATOR = manager.catalog().generators["mixture"]
+
+
+def test_it_is_registered_and_seeded():
+    params = GENERATOR.bind({"width": 120, "height": 40, "charset": "ab12", "min_length": 3, "max_length": 5})
+    one, two, other = (GENERATOR.func(random.Random(seed), **params) for seed in (5, 5, 6))
+    assert one[0].size == (120, 40) and one[0].mode == "RGB"
+    assert 3 <= len(one[1]) <= 5 and set(one[1]) <= set("ab12")
+    assert one[1] == two[1] and np.array_equal(np.asarray(one[0]), np.asarray(two[0]))
+    assert not np.array_equal(np.asarray(one[0]), np.asarray(other[0]))
+
+
+def test_its_images_differ_in_style_not_only_in_text():
+    params = GENERATOR.bind({})
+    images = [np.asarray(GENERATOR.func(random.Random(seed), **params)[0], dtype=np.float32) for seed in range(60)]
+    backgrounds = {tuple(np.round(np.median(image.reshape(-1, 3), axis=0) / 32)) for image in images}
+    assert len(backgrounds) >= 15  # many background colours
+    lightness = [image.mean() for image in images]
+    assert min(lightness) < 90 and max(lightness) > 170  # dark and light ones
+    lengths = {len(GENERATOR.func(random.Random(seed), **params)[1]) for seed in range(60)}
+    assert lengths == set(range(3, 9))
+
+
+def test_the_text_contrasts_with_its_background():
+    """Every image has pixels far from its background's median: the text is never invisible."""
+    params = GENERATOR.bind({"width": 100, "height": 40})
+    for seed in range(40):
+        image = np.asarray(GENERATOR.func(random.Random(seed), **params)[0], dtype=np.float32).mean(axis=2)
+        assert np.abs(image - np.median(image)).max() >= 60, seed
+
+
+def test_fonts_default_to_the_system_and_a_missing_one_is_named():
+    assert system_fonts() and all(path.endswith(".ttf") for path in system_fonts())
+    one = system_fonts()[0]
+    image, text = GENERATOR.func(random.Random(1), **GENERATOR.bind({"fonts": one}))
+    assert image.size == (160, 60) and text
+    with pytest.raises(ValueError, match="no such font file: /nowhere.ttf"):
+        GENERATOR.func(random.Random(1), **GENERATOR.bind({"fonts": f"{one}|/nowhere.ttf"}))
+    with pytest.raises(ValueError, match="greater than max_length"):
+        GENERATOR.func(random.Random(1), **GENERATOR.bind({"min_length": 6, "max_length": 4}))
