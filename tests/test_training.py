@@ -316,11 +316,36 @@ def test_warm_start_begins_from_the_best_weights_with_a_new_schedule(bars_data, 
     assert [r.epoch for r in warm.history] == [1]
     assert warm.history[0].loss < first.history[0].loss
     assert warm.history[0].loss < cold.history[0].loss
-    with pytest.raises(ValueError, match="another model"):
+    with pytest.raises(ValueError, match="cannot warm-start from this checkpoint: its units is 32 and this run's is 16"):
         fit(small_config(units=16), "abc", train.subset(range(100)), val,
             TrainConfig(epochs=1, warm_start=tmp_path / "a", **base))
     with pytest.raises(ValueError, match="not a checkpoint folder"):
         fit(config, "abc", train.subset(range(100)), val, TrainConfig(epochs=1, warm_start=tmp_path / "nothing", **base))
+
+
+def test_warm_start_from_another_charset_takes_the_backbone_under_a_new_head(bars_data, tmp_path, capsys):
+    from capserve.training.models import build_model
+
+    train, val = bars_data
+    base = dict(batch_size=64, augment={}, progress="none")
+    val = val.subset(range(50))
+    fit(small_config(), "abc", train.subset(range(200)), val,
+        TrainConfig(epochs=1, checkpoint_dir=tmp_path / "a", learning_rate=3e-3, **base))
+    source = build_model(small_config())
+    source.load_weights(tmp_path / "a" / "best.weights.h5")
+    wider = small_config(charset_size=5)  # a new charset: the head has other classes
+    frozen = dict(epochs=1, learning_rate=0.0, **base)  # no step moves a weight: what it started from stays
+    warm = fit(wider, "abcde", train.subset(range(100)), val, TrainConfig(warm_start=tmp_path / "a", **frozen))
+    cold = fit(wider, "abcde", train.subset(range(100)), val, TrainConfig(**frozen))
+    assert "starting from the backbone of" in capsys.readouterr().err
+    for name in ("block1_conv", "block4_conv", "column_dense", "context2"):
+        lent = source.get_layer(name).get_weights()[0]
+        assert np.array_equal(warm.model.get_layer(name).get_weights()[0], lent), name
+        assert not np.array_equal(cold.model.get_layer(name).get_weights()[0], lent), name
+    assert warm.model.get_layer("logits").get_weights()[0].shape == (32, 6)
+    with pytest.raises(ValueError, match="trained on 1-channel images and this run's are 3-channel"):
+        fit(small_config(channels=3), "abc", train.subset(range(100)), val,
+            TrainConfig(epochs=1, warm_start=tmp_path / "a", **base))
 
 
 def test_target_accuracy_stops_early(bars_data):

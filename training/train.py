@@ -453,24 +453,60 @@ def _plan(done: int, epoch_seconds: float, deadline: float, cap: int) -> int:
     return max(done, min(cap, done + fit_more))
 
 
-def _checkpoint_state(folder: Path, model_config: ModelConfig, charset: str, hint: str = "") -> dict:
-    """The ``state.json`` of a checkpoint folder, refused unless it was made for this model and charset."""
+def _read_state(folder: Path) -> dict:
     try:
-        state = json.loads((folder / "state.json").read_text())
+        return json.loads((folder / "state.json").read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}: not a checkpoint folder (state.json: {exc})") from None
+
+
+def _checkpoint_state(folder: Path, model_config: ModelConfig, charset: str, hint: str = "") -> dict:
+    """The ``state.json`` of a checkpoint folder, refused unless it was made for this model and charset."""
+    state = _read_state(folder)
     if state.get("model_config") != model_config.to_dict() or state.get("charset") != charset:
         raise ValueError(f"{folder}: the checkpoint was made for another model or charset{hint}")
     return state
 
 
+def _backbone_problem(source: dict, target: ModelConfig) -> str | None:
+    """Why a model made with ``source`` (a ``ModelConfig`` dict) cannot lend its layers to ``target``."""
+    if source.get("channels") != target.channels:
+        return (f"it was trained on {source.get('channels')}-channel images and this run's are {target.channels}-channel "
+                f"(choose the colour mode with --channels, or train with --from-scratch)")
+    if source.get("height") != target.height:
+        return f"its input is {source.get('height')} pixels high and this run's is {target.height} (set --height)"
+    for name in ("arch", "filters", "units", "batch_norm"):
+        if source.get(name) != target.to_dict()[name]:
+            return f"its {name} is {source.get(name)} and this run's is {target.to_dict()[name]}"
+    return None
+
+
 def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: str) -> None:
-    """Start from the best weights of an earlier run (same model and charset), with a fresh
-    optimizer and learning-rate schedule: fine-tuning on new data, or a warm restart."""
-    state = _checkpoint_state(folder, model_config, charset)
-    model.load_weights(folder / "best.weights.h5")
-    _log(f"starting from the best weights of {folder} (epoch {state['best_epoch']}, "
-         f"validation {state['best_accuracy']:.4f})")
+    """Start from the best weights of an earlier run, with a fresh optimizer and learning-rate
+    schedule. Made for the same model and charset, every weight is taken (fine-tuning on new
+    data, or a warm restart); made for another charset, decoder or width, every layer but the
+    output head is (a backbone, e.g. a general model's, under a new head for this charset)."""
+    state = _read_state(folder)
+    if state.get("model_config") == model_config.to_dict() and state.get("charset") == charset:
+        model.load_weights(folder / "best.weights.h5")
+        _log(f"starting from the best weights of {folder} (epoch {state['best_epoch']}, "
+             f"validation {state['best_accuracy']:.4f})")
+        return
+    source_config = state.get("model_config") or {}
+    problem = _backbone_problem(source_config, model_config)
+    if problem is not None:
+        raise ValueError(f"{folder}: cannot warm-start from this checkpoint: {problem}")
+    source = build_model(ModelConfig(**{**source_config, "filters": tuple(source_config["filters"])}))
+    source.load_weights(folder / "best.weights.h5")
+    lenders, copied = {layer.name: layer for layer in source.layers}, 0
+    for layer in model.layers:
+        if layer.name == "logits" or not layer.weights or layer.name not in lenders:
+            continue
+        weights = lenders[layer.name].get_weights()
+        if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
+            copied += 1
+    _log(f"starting from the backbone of {folder} ({copied} layers; a new head for {len(charset)} characters)")
 
 
 def _save_checkpoint(
