@@ -1,26 +1,45 @@
-"""Turn a model's per-position probabilities into text and per-character confidence."""
+"""Turn a model's per-position probabilities into text and per-character confidence.
+
+Unrestricted, the CTC decoder is the greedy best path and the fixed decoder an argmax per
+position. A ``Restriction`` (a charset and a length range, asked for per request) selects
+the restricted decoders: the best path whose text meets it, found exactly.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from capserve.core.errors import RestrictionUnmet
 
 CTC_BLANK = 0
 """Index of the CTC blank class; character ``i`` of the charset is class ``i + 1``."""
 
 
-def ctc_greedy(probs: np.ndarray, charset: str) -> tuple[str, tuple[float, ...]]:
-    """Best path: argmax per timestep, merge repeats, drop blanks.
+@dataclasses.dataclass(frozen=True)
+class Restriction:
+    """What the decoder's text (before post-processing) must be: characters of ``allowed``
+    only (None: any of the charset's), and ``min_length`` to ``max_length`` characters long."""
 
-    A character's confidence is the highest probability among the timesteps it spans.
-    """
-    best = probs.argmax(axis=-1)
-    top = probs.max(axis=-1)
+    allowed: str | None = None
+    min_length: int = 0
+    max_length: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_length <= self.max_length:
+            raise ValueError(f"lengths {self.min_length}-{self.max_length} are not a range")
+
+
+def _collapse(classes: list[int], probs: list[float], charset: str) -> tuple[str, tuple[float, ...]]:
+    """A CTC path as text: merge repeats, drop blanks. A character's confidence is the highest
+    probability among the timesteps it spans."""
     # A few dozen timesteps: a plain loop over Python lists costs half of the equivalent
     # chain of small numpy calls (each of which has a fixed overhead of about a microsecond).
     chars: list[str] = []
     confidences: list[float] = []
     previous = CTC_BLANK
-    for cls, p in zip(best.tolist(), top.tolist()):
+    for cls, p in zip(classes, probs):
         if cls != CTC_BLANK:
             if cls != previous:
                 chars.append(charset[cls - 1])
@@ -31,6 +50,11 @@ def ctc_greedy(probs: np.ndarray, charset: str) -> tuple[str, tuple[float, ...]]
     return "".join(chars), tuple(confidences)
 
 
+def ctc_greedy(probs: np.ndarray, charset: str) -> tuple[str, tuple[float, ...]]:
+    """Best path: argmax per timestep, merge repeats, drop blanks."""
+    return _collapse(probs.argmax(axis=-1).tolist(), probs.max(axis=-1).tolist(), charset)
+
+
 def fixed_argmax(probs: np.ndarray, charset: str) -> tuple[str, tuple[float, ...]]:
     """One character per position: the argmax of each row."""
     best = probs.argmax(axis=-1)
@@ -38,7 +62,93 @@ def fixed_argmax(probs: np.ndarray, charset: str) -> tuple[str, tuple[float, ...
     return "".join(charset[i] for i in best), tuple(float(c) for c in confidences)
 
 
+def _mask(charset: str, allowed: str | None, offset: int) -> np.ndarray | None:
+    """The classes ``allowed`` leaves out (True), with the charset's first at ``offset``; None for none."""
+    if allowed is None:
+        return None
+    permitted = set(allowed)
+    out = np.ones(len(charset) + offset, dtype=bool)
+    out[:offset] = False
+    out[offset:] = [c not in permitted for c in charset]
+    return out if out.any() else None
+
+
+def ctc_restricted(probs: np.ndarray, charset: str, restrict: Restriction) -> tuple[str, tuple[float, ...]]:
+    """The most probable CTC path whose collapsed text has only ``restrict.allowed`` characters
+    and a length within its range; ``RestrictionUnmet`` when no path has.
+
+    A Viterbi pass over the states (characters emitted so far, class of the last timestep),
+    one vectorised step per timestep: the blank keeps the count, the same class again extends
+    the last character, any other character emits one (so a doubled letter needs a blank
+    between its two). Backpointers give the path, which collapses as ``ctc_greedy``'s does.
+    """
+    steps, classes = probs.shape
+    low, high = restrict.min_length, min(restrict.max_length, steps)
+    if low > high:
+        raise RestrictionUnmet(f"the model reads at most {steps} characters, {low} were asked for")
+    # Floored, so that a probability a float32 softmax rounded to 0 leaves its paths possible:
+    # only a restriction no path can meet at all is unmet.
+    logp = np.log(np.maximum(probs.astype(np.float64), 1e-300))
+    mask = _mask(charset, restrict.allowed, 1)
+    if mask is not None:
+        logp[:, mask] = -np.inf
+    rows = np.arange(high + 1)[:, None]
+    others = np.arange(classes)[None, :]
+    score = np.full((high + 1, classes), -np.inf)
+    score[0, CTC_BLANK] = 0.0  # before the first timestep: nothing emitted, "after a blank"
+    came_from = np.empty((steps, high + 1, classes), dtype=np.int32)  # the previous state, as n * classes + class
+    for t in range(steps):
+        best_class = score.argmax(axis=1)
+        best = score[rows[:, 0], best_class]
+        # The best previous state of another class than k: the row's best, or its second where k is the best.
+        second = score.copy()
+        second[rows[:, 0], best_class] = -np.inf
+        second_class = second.argmax(axis=1)
+        second_best = second[rows[:, 0], second_class]
+        is_best = others == best_class[:, None]
+        emit_from = np.where(is_best, second_class[:, None], best_class[:, None])  # (n-1 row) class k emits after
+        emit = np.where(is_best, second_best[:, None], best[:, None])
+        emit_score = np.full_like(score, -np.inf)
+        emit_score[1:] = emit[:-1]
+        emit_from = np.vstack([np.zeros((1, classes), dtype=emit_from.dtype), emit_from[:-1]])
+        stay = score >= emit_score  # the same class at the previous timestep, nothing emitted
+        new = np.where(stay, score, emit_score)
+        origin = np.where(stay, rows * classes + others, (rows - 1) * classes + emit_from)
+        new[:, CTC_BLANK] = best
+        origin[:, CTC_BLANK] = rows[:, 0] * classes + best_class
+        new[0, 1:] = -np.inf  # a character at row 0 would have emitted nothing
+        score = new + logp[t]
+        came_from[t] = origin
+    final = score[low:high + 1]
+    if not np.isfinite(final.max()):
+        allowed = "any" if restrict.allowed is None else f"only {restrict.allowed[:32]!r}"
+        raise RestrictionUnmet(f"no reading of {low}-{high} characters of {allowed} is possible for this image")
+    n, cls = np.unravel_index(int(final.argmax()), final.shape)
+    state = (int(n) + low) * classes + int(cls)
+    path = [0] * steps
+    for t in range(steps - 1, -1, -1):
+        path[t] = state % classes
+        state = int(came_from[t].flat[state])
+    return _collapse(path, probs[np.arange(steps), path].tolist(), charset)
+
+
+def fixed_restricted(probs: np.ndarray, charset: str, restrict: Restriction) -> tuple[str, tuple[float, ...]]:
+    """``fixed_argmax`` over the allowed characters only; ``RestrictionUnmet`` when the fixed
+    length is outside the range or no character is allowed."""
+    length = probs.shape[0]
+    if not restrict.min_length <= length <= restrict.max_length:
+        raise RestrictionUnmet(f"the model reads exactly {length} characters, "
+                               f"not {restrict.min_length}-{restrict.max_length}")
+    mask = _mask(charset, restrict.allowed, 0)
+    if mask is None:
+        return fixed_argmax(probs, charset)
+    if mask.all():
+        raise RestrictionUnmet("the model reads none of the allowed characters")
+    return fixed_argmax(np.where(mask, -1.0, probs), charset)
+
+
 DECODERS = {"ctc": ctc_greedy, "fixed": fixed_argmax}
+RESTRICTED_DECODERS = {"ctc": ctc_restricted, "fixed": fixed_restricted}
 
 
 def output_classes(decoder: str, charset: str) -> int:
