@@ -1,9 +1,10 @@
 """``?charset=`` and ``?length=``: the request's restriction of the answer, checked against
-the site's model (``400 bad_parameter`` for anything it cannot mean), and the protocols'
-hints as the same restriction.
+the site's model (``400 bad_parameter`` for anything it cannot mean); ``capserve predict``
+checks its ``--charset`` and ``--length`` the same way, and the protocols' hints become the
+same ``Restriction`` (``solving.hint_restriction``).
 
 The decoder then finds the best reading that meets it (``core/decoders.py``); a request
-without either parameter pays one substring test of its query string.
+without either parameter pays two substring tests of its query string.
 """
 
 from __future__ import annotations
