@@ -92,37 +92,36 @@ def ctc_restricted(probs: np.ndarray, charset: str, restrict: Restriction) -> tu
     mask = _mask(charset, restrict.allowed, 1)
     if mask is not None:
         logp[:, mask] = -np.inf
-    rows = np.arange(high + 1)[:, None]
-    others = np.arange(classes)[None, :]
-    score = np.full((high + 1, classes), -np.inf)
-    score[0, CTC_BLANK] = 0.0  # before the first timestep: nothing emitted, "after a blank"
+    count = np.arange(high + 1)
+    rows, cols = count[:, None], np.arange(classes)[None, :]
+    score = np.full((high + 1, classes), -np.inf)  # best log probability of each state so far
+    score[0, CTC_BLANK] = 0.0  # before the first timestep: nothing emitted, as after a blank
     came_from = np.empty((steps, high + 1, classes), dtype=np.int32)  # the previous state, as n * classes + class
     for t in range(steps):
+        # Emitting class k into row n comes from row n - 1's best state of another class than
+        # k: its best, or its second best where k is the best.
         best_class = score.argmax(axis=1)
-        best = score[rows[:, 0], best_class]
-        # The best previous state of another class than k: the row's best, or its second where k is the best.
-        second = score.copy()
-        second[rows[:, 0], best_class] = -np.inf
-        second_class = second.argmax(axis=1)
-        second_best = second[rows[:, 0], second_class]
-        is_best = others == best_class[:, None]
-        emit_from = np.where(is_best, second_class[:, None], best_class[:, None])  # (n-1 row) class k emits after
-        emit = np.where(is_best, second_best[:, None], best[:, None])
-        emit_score = np.full_like(score, -np.inf)
-        emit_score[1:] = emit[:-1]
-        emit_from = np.vstack([np.zeros((1, classes), dtype=emit_from.dtype), emit_from[:-1]])
-        stay = score >= emit_score  # the same class at the previous timestep, nothing emitted
-        new = np.where(stay, score, emit_score)
-        origin = np.where(stay, rows * classes + others, (rows - 1) * classes + emit_from)
-        new[:, CTC_BLANK] = best
-        origin[:, CTC_BLANK] = rows[:, 0] * classes + best_class
-        new[0, 1:] = -np.inf  # a character at row 0 would have emitted nothing
+        best = score[count, best_class]
+        others = score.copy()
+        others[count, best_class] = -np.inf
+        second_class = others.argmax(axis=1)
+        is_best = cols == best_class[:, None]
+        emit_class = np.where(is_best, second_class[:, None], best_class[:, None])
+        emit = np.full_like(score, -np.inf)
+        emit[1:] = np.where(is_best, others[count, second_class][:, None], best[:, None])[:-1]
+        stay = score >= emit  # class k again, as at the previous timestep: nothing emitted
+        new = np.where(stay, score, emit)
+        emitted_from = (rows - 1) * classes + np.vstack([emit_class[:1], emit_class[:-1]])
+        origin = np.where(stay, rows * classes + cols, emitted_from)
+        new[:, CTC_BLANK] = best  # the blank: from the row's best state, nothing emitted
+        origin[:, CTC_BLANK] = count * classes + best_class
         score = new + logp[t]
         came_from[t] = origin
     final = score[low:high + 1]
     if not np.isfinite(final.max()):
         allowed = "any" if restrict.allowed is None else f"only {restrict.allowed[:32]!r}"
-        raise RestrictionUnmet(f"no reading of {low}-{high} characters of {allowed} is possible for this image")
+        raise RestrictionUnmet(
+            f"no reading of {low}-{high} characters of {allowed} fits in the model's {steps} timesteps")
     n, cls = np.unravel_index(int(final.argmax()), final.shape)
     state = (int(n) + low) * classes + int(cls)
     path = [0] * steps
