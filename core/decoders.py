@@ -62,14 +62,12 @@ def fixed_argmax(probs: np.ndarray, charset: str) -> tuple[str, tuple[float, ...
     return "".join(charset[i] for i in best), tuple(float(c) for c in confidences)
 
 
-def _mask(charset: str, allowed: str | None, offset: int) -> np.ndarray | None:
-    """The classes ``allowed`` leaves out (True), with the charset's first at ``offset``; None for none."""
+def _mask(charset: str, allowed: str | None) -> np.ndarray | None:
+    """The characters ``allowed`` leaves out (True); None for none."""
     if allowed is None:
         return None
     permitted = set(allowed)
-    out = np.ones(len(charset) + offset, dtype=bool)
-    out[:offset] = False
-    out[offset:] = [c not in permitted for c in charset]
+    out = np.array([c not in permitted for c in charset])
     return out if out.any() else None
 
 
@@ -82,16 +80,21 @@ def ctc_restricted(probs: np.ndarray, charset: str, restrict: Restriction) -> tu
     the last character, any other character emits one (so a doubled letter needs a blank
     between its two). Backpointers give the path, which collapses as ``ctc_greedy``'s does.
     """
-    steps, classes = probs.shape
+    steps = probs.shape[0]
     low, high = restrict.min_length, min(restrict.max_length, steps)
     if low > high:
         raise RestrictionUnmet(f"the model reads at most {steps} characters, {low} were asked for")
+    # The pass runs over the blank and the allowed characters only: a few digits of a large
+    # charset cost a few columns.
+    if restrict.allowed is None:
+        kept = np.arange(probs.shape[1])
+    else:
+        permitted = set(restrict.allowed)
+        kept = np.array([CTC_BLANK, *(i + 1 for i, c in enumerate(charset) if c in permitted)])
+    classes = len(kept)
     # Floored, so that a probability a float32 softmax rounded to 0 leaves its paths possible:
     # only a restriction no path can meet at all is unmet.
-    logp = np.log(np.maximum(probs.astype(np.float64), 1e-300))
-    mask = _mask(charset, restrict.allowed, 1)
-    if mask is not None:
-        logp[:, mask] = -np.inf
+    logp = np.log(np.maximum(probs[:, kept].astype(np.float64), 1e-300))
     count = np.arange(high + 1)
     rows, cols = count[:, None], np.arange(classes)[None, :]
     score = np.full((high + 1, classes), -np.inf)  # best log probability of each state so far
@@ -124,11 +127,12 @@ def ctc_restricted(probs: np.ndarray, charset: str, restrict: Restriction) -> tu
             f"no reading of {low}-{high} characters of {allowed} fits in the model's {steps} timesteps")
     n, cls = np.unravel_index(int(final.argmax()), final.shape)
     state = (int(n) + low) * classes + int(cls)
-    path = [0] * steps
+    path = np.empty(steps, dtype=np.intp)
     for t in range(steps - 1, -1, -1):
         path[t] = state % classes
         state = int(came_from[t].flat[state])
-    return _collapse(path, probs[np.arange(steps), path].tolist(), charset)
+    path = kept[path]
+    return _collapse(path.tolist(), probs[np.arange(steps), path].tolist(), charset)
 
 
 def fixed_restricted(probs: np.ndarray, charset: str, restrict: Restriction) -> tuple[str, tuple[float, ...]]:
@@ -138,7 +142,7 @@ def fixed_restricted(probs: np.ndarray, charset: str, restrict: Restriction) -> 
     if not restrict.min_length <= length <= restrict.max_length:
         raise RestrictionUnmet(f"the model reads exactly {length} characters, "
                                f"not {restrict.min_length}-{restrict.max_length}")
-    mask = _mask(charset, restrict.allowed, 0)
+    mask = _mask(charset, restrict.allowed)
     if mask is None:
         return fixed_argmax(probs, charset)
     if mask.all():
