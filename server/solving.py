@@ -137,14 +137,15 @@ def hint_restriction(model: Model, hints: Hints) -> Restriction | None:
     (the text read is an expression, not the answer)."""
     if hints.calc:
         return None
-    charset = model.spec.charset
-    allowed = {1: "".join(c for c in charset if c.isdigit()), 2: "".join(c for c in charset if c.isalpha())}.get(hints.numeric)
+    kind = {1: str.isdigit, 2: str.isalpha}.get(hints.numeric)
+    allowed = None if kind is None else "".join(filter(kind, model.spec.charset))
     if allowed == "":
         raise Unsolvable(f"the model reads no {'digits' if hints.numeric == 1 else 'letters'}")
     shortest, longest = model.lengths
     low, high = max(1, shortest, hints.min_len), min(longest, hints.max_len or longest)
     if low > high:
-        raise Unsolvable(f"the model reads {shortest}-{longest} characters, the hints ask for {hints.min_len}-{hints.max_len}")
+        raise Unsolvable(f"the hints ask for {hints.min_len} to {hints.max_len or 'any number of'} characters, "
+                         f"the model reads {shortest} to {longest}")
     return Restriction(allowed, low, high)
 
 
