@@ -43,3 +43,9 @@ class RecognitionFailed(CapserveError):
     """The model or a plugin raised while handling one request."""
 
     code = "recognition_failed"
+
+
+class RestrictionUnmet(CapserveError):
+    """No reading of the image meets the request's restriction (charset and length)."""
+
+    code = "restriction_unmet"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from capserve.core.decoders import DECODERS, output_classes
+from capserve.core.decoders import DECODERS, RESTRICTED_DECODERS, Restriction, output_classes
 from capserve.core.errors import CapserveError, RecognitionFailed
 from capserve.core.files import MAX_MODEL_BYTES, FileRefused, read_regular
 from capserve.core.runtime import Runtime
@@ -74,6 +74,11 @@ class Model:
         except ChainError as exc:
             raise SpecError(spec.path, f"{exc.chain}[{exc.index}]", f"step {exc.step!r}: {exc.reason}") from None
         self._decode = DECODERS[spec.decoder]
+        self._decode_restricted = RESTRICTED_DECODERS[spec.decoder]
+        # The shortest and longest text the decoder can give: up to one character per CTC
+        # timestep, or exactly one per position.
+        steps = self.runtime.output_shape[1]
+        self.lengths: tuple[int, int] = (0, steps) if spec.decoder == "ctc" else (steps, steps)
 
     def warm_up(self) -> None:
         """Run the interpreter once, and then a blank image through the whole path, so that the
@@ -91,8 +96,11 @@ class Model:
         """The pixels recognizing the opened ``image`` decodes (every frame for a frames chain)."""
         return pixels_to_decode(image, self.preprocess.wants_frames)
 
-    def recognize(self, data: bytes, image: Image.Image | None = None) -> Recognition:
-        """Recognize ``data``; ``image``: ``data`` as ``open`` returned it."""
+    def recognize(
+        self, data: bytes, image: Image.Image | None = None, restrict: Restriction | None = None
+    ) -> Recognition:
+        """Recognize ``data``; ``image``: ``data`` as ``open`` returned it. ``restrict``: the
+        decoder's text must meet it (the best reading that does; ``RestrictionUnmet`` if none can)."""
         t0 = time.perf_counter()
         image = self.preprocess.decode(data, self.limits, image)
         t1 = time.perf_counter()
@@ -101,7 +109,10 @@ class Model:
             t2 = time.perf_counter()
             probs = self.runtime.run(tensor)
             t3 = time.perf_counter()
-            raw, confidences = self._decode(probs, self.spec.charset)
+            if restrict is None:
+                raw, confidences = self._decode(probs, self.spec.charset)
+            else:
+                raw, confidences = self._decode_restricted(probs, self.spec.charset, restrict)
             text = self.postprocess(raw, confidences)
         except CapserveError:
             raise

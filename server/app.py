@@ -28,7 +28,7 @@ from starlette.routing import Route
 from capserve.core.errors import CapserveError, RecognitionFailed, UnknownSite
 from capserve.model_registry.registry import Registry, default_roots
 from capserve.plugins import manager
-from capserve.server import console, offload, request_id
+from capserve.server import console, offload, request_id, restriction
 from capserve.server.access import Access, refuse_status as refused
 from capserve.server.errors import HTTPError
 from capserve.server.metrics import Metrics
@@ -62,8 +62,9 @@ async def recognize(request: Request) -> Response:
         keep = wants_keep(request)
         model = await serving_model(state.registry, site)
         served = site
+        restrict = restriction.requested(request, model)
         data = await image_bytes(request, body, settings.max_body_bytes)
-        result = await offload.recognize(model, data)
+        result = await offload.recognize(model, data, restrict)
         preview = console.preview_uri(model.preview(data)) if details == "preview" else None
     except RecognitionFailed as exc:  # a plugin or the interpreter raised: logged, never shown
         log.error("request %s: %s", rid, exc.message, exc_info=exc.__cause__ or exc)

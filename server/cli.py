@@ -87,11 +87,14 @@ def _tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     registry = _load_registry(args)
+    from capserve.server.restriction import restriction
+
     model = registry.get(args.site)
+    restrict = None if args.charset is None and args.length is None else restriction(model, args.charset, args.length)
     failures = 0
     for path in args.images:
         try:
-            result = model.recognize(Path(path).read_bytes())
+            result = model.recognize(Path(path).read_bytes(), restrict=restrict)
         except (CapserveError, OSError) as exc:
             cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
             print(f"{path}: error: {exc}{cause}", file=sys.stderr)  # the operator may see the cause
@@ -225,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument("--details", action="store_true",
                          help="JSON with each character's probability, the raw decoder text and timings")
+    predict.add_argument("--charset", metavar="CHARS",
+                         help="the best reading that uses only these characters (as ?charset= does)")
+    predict.add_argument("--length", metavar="N|A-B", help="the best reading of that length (as ?length= does)")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(func=cmd_predict)
 

@@ -6,7 +6,9 @@ errors only the transport raises (request parsing, access control) carry their s
 
 from __future__ import annotations
 
-from capserve.core.errors import CapserveError, ImageError, ModelUnavailable, RecognitionFailed, UnknownSite
+from capserve.core.errors import (
+    CapserveError, ImageError, ModelUnavailable, RecognitionFailed, RestrictionUnmet, UnknownSite,
+)
 
 
 class HTTPError(CapserveError):
@@ -49,6 +51,7 @@ CORE_STATUS: tuple[tuple[type[CapserveError], int], ...] = (
     (UnknownSite, 404),
     (ModelUnavailable, 503),
     (ImageError, 422),
+    (RestrictionUnmet, 422),
     (RecognitionFailed, 500),
 )
 

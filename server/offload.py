@@ -13,14 +13,15 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from capserve.core.decoders import Restriction
 from capserve.core.model import Model, Recognition
 
 INLINE_PIXELS = 100_000  # ~2 ms of PNG decoding at worst on one core
 _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="capserve-decode")
 
 
-async def recognize(model: Model, data: bytes) -> Recognition:
+async def recognize(model: Model, data: bytes, restrict: Restriction | None = None) -> Recognition:
     image = model.open(data)
     if model.decode_cost(image) <= INLINE_PIXELS:
-        return model.recognize(data, image)
-    return await asyncio.get_running_loop().run_in_executor(_pool, model.recognize, data, image)
+        return model.recognize(data, image, restrict)
+    return await asyncio.get_running_loop().run_in_executor(_pool, model.recognize, data, image, restrict)

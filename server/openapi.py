@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 from capserve.core.spec import SITE_PATTERN
+from capserve.server.restriction import MAX_CHARSET, MAX_LENGTH
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _ERROR = {
@@ -119,7 +120,7 @@ _STATUS_TEXT = {
     404: "unknown site (or sample, or report file; or collecting samples is off)",
     413: "body or image too large",
     415: "unsupported content type or image format",
-    422: "not a decodable image",
+    422: "not a decodable image, or no reading of it meets charset and length (restriction_unmet)",
     429: "too many requests for this API key (see Retry-After)",
     500: "an unexpected error; the message says nothing of the server's internals",
     503: "the site's model is loading, or the store of rate limits and used signatures cannot answer "
@@ -154,6 +155,15 @@ _DETAILS = {"name": "details", "in": "query", "required": False,
                            "preview: and the preprocessed image"}
 _KEEP = {"name": "keep", "in": "query", "required": False, "schema": {"type": "boolean"},
          "description": "store the image and the answer as a sample when CAPSERVE_SAMPLES_DIR is set"}
+_CHARSET = {"name": "charset", "in": "query", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CHARSET},
+            "description": "the answer (the decoder's text, before post-processing) uses only these characters, "
+                           "each one the site's model reads; the best reading that does"}
+_LENGTH = {"name": "length", "in": "query", "required": False,
+           "schema": {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
+           "description": f"N or A-B (1 <= A <= B <= {MAX_LENGTH}): the answer has that many characters, within "
+                          "what the site's model reads; the best reading that does"}
+_RESTRICT = [_CHARSET, _LENGTH]
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}}
 _SAMPLES = {
     "type": "object",
@@ -211,6 +221,7 @@ def openapi_schema() -> dict[str, Any]:
                          "description": "the image, base64 (standard or URL-safe, padding optional) or a data URI"},
                         _DETAILS,
                         _KEEP,
+                        *_RESTRICT,
                         *_SIGNATURE,
                     ],
                     "responses": _RECOGNIZED,
@@ -218,7 +229,7 @@ def openapi_schema() -> dict[str, Any]:
                 "post": {
                     "summary": "Recognize a captcha sent as JSON, a multipart file or raw bytes",
                     "security": _SECURITY,
-                    "parameters": [_SITE, _DETAILS, _KEEP, *_SIGNATURE],
+                    "parameters": [_SITE, _DETAILS, _KEEP, *_RESTRICT, *_SIGNATURE],
                     "requestBody": {
                         "required": True,
                         "content": {

@@ -17,7 +17,8 @@ import re
 import secrets
 import time
 
-from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFailed, UnknownSite
+from capserve.core.decoders import Restriction
+from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFailed, RestrictionUnmet, UnknownSite
 from capserve.core.model import Model
 from capserve.model_registry.registry import Registry
 from capserve.plugins.builtin.text import arithmetic
@@ -130,22 +131,51 @@ def fits(text: str, hints: Hints) -> bool:
     return {1: not letters, 2: not digits, 3: not (digits and letters), 4: digits and letters}.get(hints.numeric, True)
 
 
-async def solve(registry, site: str, image: bytes, hints: Hints) -> str:
-    """The model's answer for ``image``, shaped by ``hints``; ``Unsolvable`` when it cannot meet them."""
-    model = await serving_model(registry, site)
+def hint_restriction(model: Model, hints: Hints) -> Restriction | None:
+    """The restriction of the decoder's text that ``hints`` ask for: ``numeric`` 1 the model's
+    digits, 2 its letters, and the lengths within what the model reads; None for a calc hint
+    (the text read is an expression, not the answer)."""
+    if hints.calc:
+        return None
+    kind = {1: str.isdigit, 2: str.isalpha}.get(hints.numeric)
+    allowed = None if kind is None else "".join(filter(kind, model.spec.charset))
+    if allowed == "":
+        raise Unsolvable(f"the model reads no {'digits' if hints.numeric == 1 else 'letters'}")
+    shortest, longest = model.lengths
+    low, high = max(1, shortest, hints.min_len), min(longest, hints.max_len or longest)
+    if low > high:
+        raise Unsolvable(f"the hints ask for {hints.min_len} to {hints.max_len or 'any number of'} characters, "
+                         f"the model reads {shortest} to {longest}")
+    return Restriction(allowed, low, high)
+
+
+def _read(model: Model, site: str, image: bytes, restrict: Restriction | None = None) -> str:
     try:
-        text = model.recognize(image).text
+        return model.recognize(image, restrict=restrict).text
+    except RestrictionUnmet as exc:
+        raise Unsolvable(exc.message) from None
     except CapserveError:
         raise
     except Exception as exc:
         log.exception("recognition failed for site %r", site)
         raise RecognitionFailed(type(exc).__name__) from None
+
+
+async def solve(registry, site: str, image: bytes, hints: Hints) -> str:
+    """The model's answer for ``image``, shaped by ``hints``; ``Unsolvable`` when it cannot meet them.
+
+    When the best reading misses the hints, the image is read again under their restriction
+    (``hint_restriction``): the best reading that meets them."""
+    model = await serving_model(registry, site)
+    text = _read(model, site, image)
     if hints.calc:
         text = arithmetic(text, ())
         if not _NUMBER.fullmatch(text):
             raise Unsolvable(f"the model read {text[:64]!r}, not an arithmetic expression")
     if not fits(text, hints):
-        raise Unsolvable(f"the model's answer {text[:64]!r} does not meet the hints")
+        restrict = hint_restriction(model, hints)
+        if restrict is None or not fits(text := _read(model, site, image, restrict), hints):
+            raise Unsolvable(f"the model's answer {text[:64]!r} does not meet the hints")
     return text
 
 

@@ -61,6 +61,17 @@ def test_predict_reports_a_bad_image_and_goes_on(registry_dir, images, tmp_path,
     assert out.splitlines() == [f"{images[0]}\t{_expected(registry_dir, images[0])}"]
 
 
+def test_predict_restricts_the_answer_as_the_query_parameters_do(capsys):
+    from tests.conftest import DEMO_EXAMPLE
+
+    assert main(["predict", "--site", "demo", "--length", "5", "--charset", "23456789abcdefghjmpqrstuvwxy",
+                 "--json", str(DEMO_EXAMPLE)]) == 0
+    text = json.loads(capsys.readouterr().out)["text"]
+    assert len(text) == 5 and "k" not in text  # unrestricted: 7kp3
+    assert main(["predict", "--site", "demo", "--length", "0", str(DEMO_EXAMPLE)]) == 2
+    assert "length must be N or A-B" in capsys.readouterr().err
+
+
 def test_predict_for_an_unknown_site_exits_2(registry_dir, images, capsys):
     assert main(["predict", "--registry", str(registry_dir), "--site", "nowhere", str(images[0])]) == 2
     assert "no model is registered for site 'nowhere'" in capsys.readouterr().err

@@ -135,9 +135,7 @@ def test_2captcha_submit_poll_balance_and_reports(registry):
     ({"method": "userrecaptcha"}, "ERROR_BAD_PARAMETERS"),
     ({"key": "k-only-var", "site": "demo"}, "ERROR_BAD_PARAMETERS"),
     ({"numeric": "lots"}, "ERROR_BAD_PARAMETERS"),
-    ({"numeric": "1"}, "ERROR_CAPTCHA_UNSOLVABLE"),  # demo reads 7kp3: not digits only
-    ({"min_len": "5"}, "ERROR_CAPTCHA_UNSOLVABLE"),
-    ({"max_len": "3"}, "ERROR_CAPTCHA_UNSOLVABLE"),
+    ({"min_len": "26"}, "ERROR_CAPTCHA_UNSOLVABLE"),  # demo's model has 25 timesteps: 25 characters at most
 ])
 def test_2captcha_errors_are_its_own_strings_with_status_200(registry, fields, error):
     with client(registry, max_body_bytes=64 * 1024) as c:
@@ -151,6 +149,27 @@ def test_2captcha_hints_that_fit_pass(registry):
     with client(registry) as c:
         assert submit(c, numeric="4", min_len="4", max_len="4", regsense="1").startswith("OK|")
         assert submit(c, numeric="3").startswith("ERROR_CAPTCHA_UNSOLVABLE")
+
+
+def test_hints_the_best_reading_misses_get_the_best_reading_that_meets_them(registry):
+    """demo reads the example as 7kp3; a numeric, min_len or max_len hint it misses makes the
+    decoder find the best reading under the hint, as ?charset= and ?length= would."""
+    def solved(**fields) -> str:
+        return c.get("/res.php", params={"key": "k-plain", "action": "get", "id": submit(c, **fields)[3:]}).text[3:]
+
+    with client(registry) as c:
+        digits = solved(numeric="1")
+        assert digits and digits.isdigit() and set(digits) <= set("7kp3")
+        same = c.get("/recognize/demo", params={"base64Image": B64, "charset": "23456789", "length": "1-25"},
+                     headers={"X-API-Key": "k-plain"})
+        assert same.json()["text"] == digits
+        letters = solved(numeric="2", min_len="4", max_len="4")
+        assert len(letters) == 4 and letters.isalpha()
+        assert len(solved(min_len="5")) == 5 and len(solved(max_len="3")) == 3
+        both = solved(numeric="4", max_len="3")  # 4: restricted by length only, then checked for both kinds
+        assert len(both) == 3 and any(ch.isdigit() for ch in both) and any(ch.isalpha() for ch in both)
+        task = create(c, numeric=1, maxLength=3)
+        assert task["errorId"] == 0 and task["solution"]["text"].isdigit() and len(task["solution"]["text"]) <= 3
 
 
 def test_an_image_format_the_server_does_not_accept():
@@ -228,9 +247,7 @@ def test_create_task_answers_at_once_and_polls(registry):
     ({"clientKey": "k-plain", "task": {"type": "ImageToTextTask"}}, (3, "ERROR_ZERO_CAPTCHA_FILESIZE")),
     ({"clientKey": "k-plain", "task": {"type": "ImageToTextTask", "body": "AAAA"}},
      (15, "ERROR_IMAGE_TYPE_NOT_SUPPORTED")),
-    ({"clientKey": "k-plain", "task": {"type": "ImageToTextTask", "body": B64, "numeric": 1}},
-     (12, "ERROR_CAPTCHA_UNSOLVABLE")),
-    ({"clientKey": "k-plain", "task": {"type": "ImageToTextTask", "body": B64, "maxLength": 3}},
+    ({"clientKey": "k-plain", "task": {"type": "ImageToTextTask", "body": B64, "minLength": 30}},
      (12, "ERROR_CAPTCHA_UNSOLVABLE")),
 ])
 def test_create_task_errors(registry, doc, error):
@@ -262,7 +279,7 @@ class _Reads:
             raise UnknownSite(site)
         return self
 
-    def recognize(self, data):
+    def recognize(self, data, restrict=None):
         if isinstance(self.text, Exception):
             raise self.text
         return type("R", (), {"text": self.text})()

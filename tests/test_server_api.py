@@ -180,3 +180,82 @@ def test_readyz_is_503_with_no_model(tmp_path):
     with TestClient(app) as c:
         r = c.get("/readyz")
     assert r.status_code == 503 and r.json()["ok"] is False
+
+
+# -- ?charset= and ?length= -------------------------------------------------------------------
+
+def _restricted(demo, method: str = "GET", **query):
+    image = DEMO_EXAMPLE.read_bytes()
+    if method == "GET":
+        r = demo.get("/recognize/demo", params={"base64Image": b64(image), "details": "true", **query})
+    else:
+        r = demo.post("/recognize/demo", params={"details": "true", **query}, content=image)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["raw_text"] == body["text"] and "".join(c["char"] for c in body["characters"]) == body["text"]
+    return body
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_length_gives_the_best_reading_of_that_length(demo, method):
+    """demo reads the example as 7kp3 (4 characters); asked for 5, it answers the best reading of
+    5 that the image allows, and asked for 4-6 the unrestricted one."""
+    longer = _restricted(demo, method, length="5")
+    assert len(longer["text"]) == 5 and len(longer["characters"]) == 5
+    assert _restricted(demo, method, length="3")["text"] in {"7kp", "7k3", "7p3", "kp3"}
+    assert _restricted(demo, method, length="4-6")["text"] == "7kp3"
+    assert longer["confidence"] < _restricted(demo, method)["confidence"]
+
+
+def test_a_charset_without_an_answered_character_changes_the_answer(demo):
+    charset = "23456789abcdefghjmpqrstuvwxy"  # demo's charset without k
+    body = _restricted(demo, charset=charset, length="4")
+    assert body["text"] != "7kp3" and len(body["text"]) == 4 and set(body["text"]) <= set(charset)
+    digits = _restricted(demo, charset="23456789")["text"]
+    assert digits and digits.isdigit()
+    assert _restricted(demo, charset="7kp3")["text"] == "7kp3"
+
+
+@pytest.mark.parametrize("query, words", [
+    ({"charset": ""}, "charset"),
+    ({"charset": "2" * 1025}, "1024"),
+    ({"charset": "7kABCDEFG"}, "'A', 'B', 'C', 'D', 'E' and 2 more"),
+    ({"length": "0"}, "length"),
+    ({"length": "5-3"}, "length"),
+    ({"length": "a-b"}, "length"),
+    ({"length": "65"}, "length"),
+    ({"length": "4-"}, "length"),
+    ({"length": "26"}, "at most 25"),  # demo's model has 25 timesteps
+    ({"charset": "7", "length": "30"}, "at most 25"),
+])
+def test_bad_restrictions_are_bad_parameters(demo, query, words):
+    r = demo.get("/recognize/demo", params={"base64Image": b64(DEMO_EXAMPLE.read_bytes()), **query})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "bad_parameter" and words in error["message"] and "\n" not in error["message"]
+
+
+def test_a_restriction_no_reading_can_meet_is_422(demo):
+    """Thirteen 7s fill 25 timesteps (each pair needs a blank between); fourteen cannot fit."""
+    assert _restricted(demo, charset="7", length="13")["text"] == "7" * 13
+    r = demo.get("/recognize/demo", params={"base64Image": b64(DEMO_EXAMPLE.read_bytes()), "charset": "7", "length": "14"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "restriction_unmet"
+
+
+def test_a_fixed_length_model_masks_characters_and_needs_its_length(tmp_path, tiny_model_bytes, png):
+    """The tiny model as a fixed-length one: 32 positions of 11 characters."""
+    from tests import model_factory
+
+    model_factory.write_entry(tmp_path / "fixed" / "1", tiny_model_bytes, site="fixed", decoder="fixed",
+                              charset="0123456789x", length={"min": 32, "max": 32})
+    with TestClient(create_app(Registry([tmp_path]), watch=False)) as c:
+        def get(**query):
+            return c.get("/recognize/fixed", params={"base64Image": b64(png), **query})
+
+        plain = get().json()["text"]
+        assert len(plain) == 32 and get(length="30-32").json()["text"] == plain
+        masked = get(charset="x").json()["text"]
+        assert masked == "x" * 32
+        for length in ("31", "33-40"):
+            r = get(length=length)
+            assert r.status_code == 400 and "exactly 32" in r.json()["error"]["message"]
