@@ -47,10 +47,13 @@ class Capserve:
             raise RuntimeError("not ready: the registry has loaded no site")
 
     def replica(self) -> dict[str, Any]:
-        """Which replica this is and what it serves (for operators and tests, through a handle)."""
-        context = serve.get_replica_context()
-        return {"replica": context.replica_id.unique_id, "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id(), "sites": self.app.state.registry.sites()}
+        """Which replica this is, what it serves and how many recognition requests it answered
+        (``handle.broadcast("replica")`` asks every replica)."""
+        counted = self.app.state.metrics.requests.collect()
+        runtime = ray.get_runtime_context()
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "actor": runtime.get_actor_name(),
+                "pid": os.getpid(), "node": runtime.get_node_id(), "sites": self.app.state.registry.sites(),
+                "answered": int(sum(s.value for m in counted for s in m.samples if s.name.endswith("_total")))}
 
 
 @dataclasses.dataclass(frozen=True)
