@@ -33,11 +33,14 @@ from capserve.core.settings import PREFIX, Settings, current
 from capserve.server.access import load_keys
 from capserve.server.app import create_app, is_ready
 
-APP_NAME = "capserve"
 DEFAULT_TARGET_ONGOING = 2.0  # Ray Serve's own default
+MAX_ONGOING = 64
+"""Requests a replica holds at once. A request takes well under a millisecond of the replica's
+event loop, so Serve's default of 5 left it idle while the proxy backed off (BENCHMARKS.md)."""
 
 
-@serve.deployment(name="capserve", health_check_period_s=2, health_check_timeout_s=10)
+@serve.deployment(name="capserve", max_ongoing_requests=MAX_ONGOING, health_check_period_s=2,
+                  health_check_timeout_s=10, logging_config={"enable_access_log": False})
 @serve.ingress(create_app)  # a builder: each replica calls it, with its own environment
 class Capserve:
     """One replica: ``create_app()`` from the replica's ``CAPSERVE_*`` environment."""
