@@ -91,13 +91,13 @@ def run(rounds: int, duration: float, warmup: float, connections: int, ray_cpus:
 
 
 def markdown(results: dict[tuple[str, int], list], connections: int) -> str:
-    names = {"ray": ("Ray Serve deployment", "replicas"), "capserve": ("capserve serve", "workers")}
+    names = {"ray": ("Ray Serve deployment", "replica"), "capserve": ("capserve serve", "worker")}
     lines = ["| server | processes | req/s (median) | p99 ms (median) | req/s by round | errors |",
              "| --- | --- | ---: | ---: | --- | ---: |"]
     for (kind, n), runs in results.items():
         name, unit = names[kind]
         by_round = ", ".join(f"{r['rps']:.0f}" for r in runs)
-        lines.append(f"| {name} | {n} {unit} | {statistics.median(r['rps'] for r in runs):.0f} | "
+        lines.append(f"| {name} | {n} {unit}{'s' if n > 1 else ''} | {statistics.median(r['rps'] for r in runs):.0f} | "
                      f"{statistics.median(r['p99_ms'] for r in runs):.1f} | "
                      f"{by_round} | {sum(r['errors'] for r in runs)} |")
     return "\n".join(lines) + f"\n\nPOST JSON, {connections} connections, wrk on loopback."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import sys
 
 import pytest
 import yaml
@@ -112,3 +113,9 @@ def test_every_flag_of_ray_serve_is_in_the_docs_table():
     flags = {opt for action in serve._actions for opt in action.option_strings if opt.startswith("--") and opt != "--help"}
     table = DOC.split("| flag | default | what |", 1)[1].split("\n\n", 1)[0]
     assert flags == set(re.findall(r"`(--[a-z-]+)", table))
+
+
+def test_without_ray_the_command_says_which_extra_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
+    assert main(["ray", "serve"]) == 2
+    assert capsys.readouterr().err == "capserve ray serve: needs Ray Serve (ray is missing): pip install 'capserve[ray]'\n"
