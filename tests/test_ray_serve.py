@@ -1,11 +1,12 @@
 """The Ray Serve deployment on a real two-node Ray cluster (``ray.cluster_utils.Cluster``: a
 head and a worker node on this machine, one CPU each, so each node holds one of the two
 replicas), deployed by the real ``capserve ray serve --address`` and answering over Serve's
-HTTP proxy: the same answers as ``capserve serve``, a killed replica replaced, a new registry
-entry served by every replica, and the limits held across replicas through a real Redis.
+HTTP proxy: the same answers as ``capserve serve``, a new registry entry served by every
+replica, the limits held across replicas through a real Redis, a killed replica replaced, and
+replicas that serve no site unhealthy until the registry is back.
 
 One cluster and one deployment serve every test of the module (they run in file order; the
-replica is killed last). Signing and keys are on throughout, as the limits test needs them.
+ones that take replicas down come last). Signing and keys are on throughout, as the limits test needs them.
 """
 
 from __future__ import annotations
@@ -188,3 +189,28 @@ def test_a_killed_replica_is_replaced_and_requests_go_on(setup):
     assert failed <= 5, failed
     assert victim["replica"] not in {r["replica"] for r in now} and survivor["replica"] in {r["replica"] for r in now}
     assert all(client.recognize("demo", IMAGES[0]).status_code == 200 for _ in range(6))
+
+
+def test_a_replica_that_serves_no_site_is_unhealthy_until_the_registry_is_back(setup):
+    base, _, registry, handle = setup
+    assert handle.broadcast("check_health").results(timeout_s=30) == [None, None]
+    away = registry.parent / "away"
+    registry.rename(away)  # every entry gone: the replicas' registries drop their sites
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            status = serve.status().applications["capserve"].deployments["capserve"]
+            if status.status != "HEALTHY":
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+    finally:
+        away.rename(registry)
+    deadline = time.monotonic() + 180
+    while True:
+        status = serve.status().applications["capserve"].deployments["capserve"]
+        if status.status == "HEALTHY" and status.replica_states.get("RUNNING") == 2:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    assert Client(base).recognize("demo", IMAGES[0]).json()["text"] == "7kp3"
