@@ -133,8 +133,14 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     registry = request.app.state.registry
-    ready = registry.ready and bool(registry.sites())
+    ready = is_ready(registry)
     return FastJSONResponse({"ok": ready, "sites": registry.sites()}, status_code=200 if ready else 503)
+
+
+def is_ready(registry: Registry) -> bool:
+    """What ``/readyz`` reports (and a Ray Serve replica's health check): the registry has
+    loaded and at least one site serves."""
+    return registry.ready and bool(registry.sites())
 
 
 async def openapi(request: Request) -> Response:

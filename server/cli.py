@@ -1,4 +1,4 @@
-"""``capserve``: serve, predict, list models and plugins; train, eval and scf come from their packages."""
+"""``capserve``: serve, predict, list models and plugins; train, eval, scf and ray come from their packages."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from capserve.core.errors import CapserveError
 from capserve.server.workers import LOG_LEVELS, Limits
 
 # Packages that add subcommands: each has ``add_parsers(subparsers)``. A missing optional
-# dependency (TensorFlow for training) only removes its commands from the help.
-SUBCOMMAND_MODULES = ("capserve.training.cli", "capserve.scf_adapter.cli")
+# dependency (TensorFlow for training) only removes its commands from the help. They are found
+# by name, so this layer imports none of the packages above it (docs/ARCHITECTURE.md).
+SUBCOMMAND_MODULES = ("capserve.training.cli", "capserve.scf_adapter.cli", "capserve.ray_serve.cli")
 
 
 def _registry_args(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from capserve.server.metrics import Metrics
 from tests.conftest import REPO
 
 DOC = (REPO / "docs" / "operating.md").read_text()
-PACKAGES = ("core", "server", "model_registry", "plugins", "scf_adapter", "training")
+PACKAGES = ("core", "server", "model_registry", "plugins", "scf_adapter", "ray_serve", "training")
 
 
 def _section(title: str) -> str:

@@ -18,6 +18,7 @@ ALLOWED = {
     "model_registry": {"core", "plugins", "model_registry"},
     "server": {"core", "plugins", "model_registry", "server"},
     "scf_adapter": {"core", "plugins", "model_registry", "server", "scf_adapter"},
+    "ray_serve": {"core", "plugins", "model_registry", "server", "ray_serve"},
     "training": {"core", "plugins", "model_registry", "training"},
 }
 BARE = set(ALLOWED)
