@@ -39,9 +39,15 @@ MAX_ONGOING = 64
 event loop, so Serve's default of 5 left it idle while the proxy backed off (BENCHMARKS.md)."""
 
 
+def replica_app():
+    """One replica's app. Serve's proxy answers with the ``X-Request-ID`` it passed on (the
+    client's, else its own), so the app logs by that id and does not add it a second time."""
+    return create_app(echo_request_id=False)
+
+
 @serve.deployment(name="capserve", max_ongoing_requests=MAX_ONGOING, health_check_period_s=2,
                   health_check_timeout_s=10, logging_config={"enable_access_log": False})
-@serve.ingress(create_app)  # a builder: each replica calls it, with its own environment
+@serve.ingress(replica_app)  # a builder: each replica calls it, with its own environment
 class Capserve:
     """One replica: ``create_app()`` from the replica's ``CAPSERVE_*`` environment."""
 

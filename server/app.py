@@ -179,6 +179,7 @@ def create_app(
     access: Access | None = None,
     watch: bool = True,
     label: tuple[str, Path] | None = None,
+    echo_request_id: bool = True,
 ) -> Starlette:
     """Build the app. Without ``registry`` one is made from ``settings`` and loaded at start-up;
     without ``access`` keys and signing are read from the environment (off when unset). With
@@ -197,7 +198,7 @@ def create_app(
         app.state.metrics.close()
 
     app = Starlette(routes=[ROUTES[0], *PROTOCOL_ROUTES, *ROUTES[1:]], exception_handlers={HTTPException: http_error},
-                    middleware=[Middleware(request_id.RequestId)], lifespan=lifespan)
+                    middleware=[Middleware(request_id.RequestId, echo=echo_request_id)], lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.access = access if access is not None else Access.from_settings(settings)

@@ -31,11 +31,13 @@ def of(request) -> str:
 
 
 class RequestId:
-    """ASGI middleware: the id goes to ``scope["state"]["request_id"]`` (``of(request)``) and to
-    the answer's headers; an exception that reaches it is logged with the id."""
+    """ASGI middleware: the id goes to ``scope["state"]["request_id"]`` (``of(request)``) and,
+    with ``echo``, to the answer's headers (behind a proxy that echoes the id it passed on, as
+    Ray Serve's does, without); an exception that reaches it is logged with the id."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, echo: bool = True) -> None:
         self.app = app
+        self.echo = echo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +52,8 @@ class RequestId:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", ()), header]
+                if self.echo:
+                    message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:

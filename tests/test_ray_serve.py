@@ -125,6 +125,7 @@ def test_every_bundled_site_answers_as_capserve_serve_does(setup):
     assert ray_client.recognize("demo", IMAGES[0]).json()["text"] == "7kp3"
     broken = ray_client.recognize("demo", b"not an image")  # errors are the same JSON too
     assert broken.status_code == 422 and broken.json() == ref_client.recognize("demo", b"not an image").json()
+    assert broken.headers.get_list("x-request-id") == [broken.headers["x-request-id"]]  # once, as from capserve serve
     assert len({r["node"] for r in replicas(handle)}) == 2  # one replica on each node
 
 
