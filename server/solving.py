@@ -22,6 +22,7 @@ from capserve.core.errors import CapserveError, ModelUnavailable, RecognitionFai
 from capserve.core.model import Model
 from capserve.model_registry.registry import Registry
 from capserve.plugins.builtin.text import arithmetic
+from capserve.server import offload
 from capserve.server.access import Access, ApiKey, Forbidden, Unauthorized
 from capserve.server.errors import BadRequest
 from capserve.server.settings import Settings
@@ -149,9 +150,9 @@ def hint_restriction(model: Model, hints: Hints) -> Restriction | None:
     return Restriction(allowed, low, high)
 
 
-def _read(model: Model, site: str, image: bytes, restrict: Restriction | None = None) -> str:
+async def _read(model: Model, site: str, image: bytes, restrict: Restriction | None = None) -> str:
     try:
-        return model.recognize(image, restrict=restrict).text
+        return (await offload.recognize(model, image, restrict)).text
     except RestrictionUnmet as exc:
         raise Unsolvable(exc.message) from None
     except CapserveError:
@@ -167,14 +168,14 @@ async def solve(registry, site: str, image: bytes, hints: Hints) -> str:
     When the best reading misses the hints, the image is read again under their restriction
     (``hint_restriction``): the best reading that meets them."""
     model = await serving_model(registry, site)
-    text = _read(model, site, image)
+    text = await _read(model, site, image)
     if hints.calc:
         text = arithmetic(text, ())
         if not _NUMBER.fullmatch(text):
             raise Unsolvable(f"the model read {text[:64]!r}, not an arithmetic expression")
     if not fits(text, hints):
         restrict = hint_restriction(model, hints)
-        if restrict is None or not fits(text := _read(model, site, image, restrict), hints):
+        if restrict is None or not fits(text := await _read(model, site, image, restrict), hints):
             raise Unsolvable(f"the model's answer {text[:64]!r} does not meet the hints")
     return text
 

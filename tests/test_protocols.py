@@ -279,7 +279,13 @@ class _Reads:
             raise UnknownSite(site)
         return self
 
-    def recognize(self, data, restrict=None):
+    def open(self, data):  # what offload.recognize asks of a model before reading
+        return None
+
+    def decode_cost(self, image):
+        return 0
+
+    def recognize(self, data, image=None, restrict=None):
         if isinstance(self.text, Exception):
             raise self.text
         return type("R", (), {"text": self.text})()
