@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CAPSERVE_PROTOCOL_SECRET"] = secrets.token_hex(32)
     limits = workers.Limits(max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
                             max_connections=args.max_connections, backlog=args.backlog)
-    return workers.run("capserve.server.app:create_app", host=args.host, port=args.port, workers=args.workers,
+    return workers.run("capserve.server.workers:worker_app", host=args.host, port=args.port, workers=args.workers,
                        limits=limits, log_level=args.log_level, access_log=args.access_log,
                        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
 

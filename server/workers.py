@@ -3,7 +3,7 @@
 granian (a Rust HTTP server, hyper and tokio, with an ASGI interface) starts ``workers``
 processes that each build the app, run its start-up (the registry loads) and only then listen,
 on a socket of their own on the same port (SO_REUSEPORT); it restarts a worker that dies and
-passes SIGTERM and SIGINT on. It sets TCP_NODELAY on every connection and accepts connections
+passes SIGTERM and SIGINT on (and a worker stops when the supervisor dies: ``worker_app``). It sets TCP_NODELAY on every connection and accepts connections
 and parses HTTP in Rust, off the Python event loop that runs the app. The comparison that chose it over uvicorn, with and without capserve's own socket handling, is
 in BENCHMARKS.md.
 
@@ -50,6 +50,21 @@ class Limits:
         if self.backlog < 128:
             return "--backlog must be at least 128"
         return None
+
+
+def worker_app():
+    """The app of one worker process (granian's factory). On Linux the worker asks the kernel
+    for SIGTERM when its supervisor dies, so a supervisor killed outright (SIGKILL, the OOM
+    killer) leaves no worker behind holding the port."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    from capserve.server.app import create_app
+
+    return create_app()
 
 
 def address_problem(host: str, port: int) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from capserve.server.workers import address_problem
 from tests.conftest import REPO, png_bytes
 from tests.servers import start_server
 
@@ -72,6 +73,18 @@ def test_a_worker_that_dies_is_replaced(registry_dir):
         assert second in replaced and first not in replaced and len(replaced) == 2
         for _ in range(10):
             assert httpx.post(base + "/recognize/tiny", content=png_bytes(), timeout=10).status_code == 200
+
+
+def test_a_supervisor_killed_outright_leaves_no_worker_holding_the_port(registry_dir):
+    with start_server(registry_dir, "--workers", "2") as base:
+        workers = _all_workers(base, 2)
+        (supervisor,) = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in workers}
+        os.kill(supervisor, signal.SIGKILL)  # no signal reaches the workers from it
+        deadline = time.monotonic() + 20
+        while _workers(base) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _workers(base) == []
+        assert address_problem("127.0.0.1", int(base.rsplit(":", 1)[1])) is None  # free for the next server
 
 
 @pytest.mark.parametrize("workers", [1, 2])
