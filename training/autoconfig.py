@@ -16,7 +16,7 @@ TARGET_HEIGHT = 48
 """Model input height for taller captchas: the bundled demo-var reads 160x60 images at 128x48
 (97.95% in LiteRT); taller inputs cost training and serving time in proportion."""
 MIN_HEIGHT = 16  # four poolings of the default model
-GRAY_IMAGES_CHROMA = 6.0  # mean |RGB - gray| below this: the images are gray already
+GRAY_IMAGES_CHROMA = 6.0  # mean |RGB - gray| below this: the images have almost no colour
 GRAY_KEEPS = 0.6  # gray keeps at least this share of the colour contrast: train on gray
 ARITHMETIC_SHARE = 0.9  # this share of the labels are arithmetic: serve the computed answer
 
@@ -81,7 +81,7 @@ def colour_channels(images: Sequence[np.ndarray]) -> tuple[int, str]:
         kept.append(float(gray.std()) / colour_contrast if colour_contrast > 1e-3 else 1.0)
     mean_chroma, share = float(np.mean(chroma)), float(np.median(kept))
     if mean_chroma < GRAY_IMAGES_CHROMA:
-        return 1, "the images are gray"
+        return 1, f"the images have almost no colour (mean |RGB - gray| {mean_chroma:.1f} of 255)"
     if share >= GRAY_KEEPS:
         return 1, f"gray keeps {share:.0%} of the colour contrast"
     return 3, f"gray keeps only {share:.0%} of the colour contrast: colour carries the text"
