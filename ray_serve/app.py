@@ -179,14 +179,12 @@ def build(args: dict[str, str]) -> Application:
     values: dict[str, Any] = {}
     for name, value in args.items():
         text = str(value)
+        number = float if name in ("target_ongoing_requests", "replica_cpus") else int
         try:
             if name == "registry":
                 values[name] = tuple(Path(p) for p in text.split(os.pathsep) if p)
-            elif name in ("target_ongoing_requests", "replica_cpus"):
-                values[name] = float(text)
             else:
-                values[name] = int(text)
+                values[name] = number(text)
         except ValueError:
-            wanted = "a number" if name in ("target_ongoing_requests", "replica_cpus") else "an integer"
-            raise ValueError(f"{name} must be {wanted}, not {text!r}") from None
+            raise ValueError(f"{name} must be {'a number' if number is float else 'an integer'}, not {text!r}") from None
     return application(Options(**values))

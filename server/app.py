@@ -72,8 +72,7 @@ async def recognize(request: Request) -> Response:
     except CapserveError as exc:
         response = error_response(exc)
     except Exception:  # never let one request take the worker down, nor show its internals
-        log.exception("request %s failed", rid)
-        response = error_response(CapserveError(f"internal error (request id {rid})"))
+        response = error_response(request_id.failure(log, rid, "recognize"))
     else:
         answer = {
             "ok": True,

@@ -91,7 +91,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from capserve.server.restriction import restriction
 
     model = registry.get(args.site)
-    restrict = None if args.charset is None and args.length is None else restriction(model, args.charset, args.length)
+    restrict = restriction(model, args.charset, args.length)
     failures = 0
     for path in args.images:
         try:

@@ -108,9 +108,8 @@ async def create_task(request: Request) -> Response:
         status = status_of(exc)
         response = error_answer(exc)
     except Exception:  # never let one request take the worker down; the client sees no internals
-        log.exception("request %s: createTask failed", request_id.of(request))
         status = 500
-        response = error_answer(CapserveError(f"unexpected error (request id {request_id.of(request)})"))
+        response = error_answer(request_id.failure(log, request_id.of(request), "createTask", "unexpected error"))
     state.metrics.observe(served, status, time.perf_counter() - started)
     return response
 
@@ -123,8 +122,7 @@ async def get_task_result(request: Request) -> Response:
     except CapserveError as exc:
         return error_answer(exc)
     except Exception:
-        log.exception("request %s: getTaskResult failed", request_id.of(request))
-        return error_answer(CapserveError(f"unexpected error (request id {request_id.of(request)})"))
+        return error_answer(request_id.failure(log, request_id.of(request), "getTaskResult", "unexpected error"))
 
 
 async def get_balance(request: Request) -> Response:

@@ -30,6 +30,13 @@ def of(request) -> str:
     return request.scope["state"]["request_id"]
 
 
+def failure(logger: logging.Logger, rid: str, what: str, answer: str = "internal error") -> CapserveError:
+    """Log the exception being handled, with the request id ``rid``; the error to answer with,
+    whose message names the id and nothing of the exception."""
+    logger.exception("request %s: %s failed", rid, what)
+    return CapserveError(f"{answer} (request id {rid})")
+
+
 class RequestId:
     """ASGI middleware: the id goes to ``scope["state"]["request_id"]`` (``of(request)``) and,
     with ``echo``, to the answer's headers (behind a proxy that echoes the id it passed on, as
@@ -59,7 +66,7 @@ class RequestId:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("request %s failed", rid)
+            error = failure(log, rid, scope.get("path", "request"))
             if started:  # too late for an answer: the server ends the connection
                 raise
-            await error_response(CapserveError(f"internal error (request id {rid})"))(scope, receive, send_with_id)
+            await error_response(error)(scope, receive, send_with_id)

@@ -37,9 +37,11 @@ def parse_length(value: str) -> tuple[int, int]:
     return low, high
 
 
-def restriction(model: Model, charset: str | None, length: str | None) -> Restriction:
+def restriction(model: Model, charset: str | None, length: str | None) -> Restriction | None:
     """The restriction ``charset`` and ``length`` (either may be None) ask of ``model``'s
-    answer; ``bad_parameter`` for one it cannot meet whatever the image."""
+    answer, None when both are; ``bad_parameter`` for one it cannot meet whatever the image."""
+    if charset is None and length is None:
+        return None
     spec = model.spec
     if charset is not None:
         if not charset or len(charset) > MAX_CHARSET:
@@ -66,7 +68,4 @@ def requested(request: Request, model: Model) -> Restriction | None:
     if b"charset" not in query and b"length" not in query:
         return None
     params = request.query_params
-    charset, length = params.get("charset"), params.get("length")
-    if charset is None and length is None:
-        return None
-    return restriction(model, charset, length)
+    return restriction(model, params.get("charset"), params.get("length"))

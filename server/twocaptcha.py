@@ -136,9 +136,9 @@ async def in_php(request: Request) -> Response:
         status = status_of(exc)
         response = error_answer(json_form, exc)
     except Exception:  # never let one request take the worker down; the client sees no internals
-        log.exception("request %s: in.php failed", request_id.of(request))
         status = 500
-        response = error_answer(json_form, CapserveError(f"unexpected error (request id {request_id.of(request)})"))
+        error = request_id.failure(log, request_id.of(request), "in.php", "unexpected error")
+        response = error_answer(json_form, error)
     state.metrics.observe(served, status, time.perf_counter() - started)
     return response
 
@@ -168,8 +168,7 @@ async def res_php(request: Request) -> Response:
     except CapserveError as exc:
         return error_answer(json_form, exc)
     except Exception:
-        log.exception("request %s: res.php failed", request_id.of(request))
-        return error_answer(json_form, CapserveError(f"unexpected error (request id {request_id.of(request)})"))
+        return error_answer(json_form, request_id.failure(log, request_id.of(request), "res.php", "unexpected error"))
 
 
 def _text_or_error(secret: bytes, key, captcha_id: str) -> str:

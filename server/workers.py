@@ -3,8 +3,9 @@
 granian (a Rust HTTP server, hyper and tokio, with an ASGI interface) starts ``workers``
 processes that each build the app, run its start-up (the registry loads) and only then listen,
 on a socket of their own on the same port (SO_REUSEPORT); it restarts a worker that dies and
-passes SIGTERM and SIGINT on (and a worker stops when the supervisor dies: ``worker_app``). It sets TCP_NODELAY on every connection and accepts connections
-and parses HTTP in Rust, off the Python event loop that runs the app. The comparison that chose it over uvicorn, with and without capserve's own socket handling, is
+passes SIGTERM and SIGINT on (and a worker stops when the supervisor dies: ``worker_app``).
+It sets TCP_NODELAY on every connection and accepts connections and parses HTTP in Rust, off
+the Python event loop that runs the app. The comparison that chose it over uvicorn, with and without capserve's own socket handling, is
 in BENCHMARKS.md.
 
 What capserve adds: the HTTP limits as one object (``Limits``), a port in use reported in one
