@@ -348,6 +348,45 @@ def test_warm_start_from_another_charset_takes_the_backbone_under_a_new_head(bar
             TrainConfig(epochs=1, warm_start=tmp_path / "a", **base))
 
 
+def test_a_new_head_on_a_lent_backbone_trains_alone_first(bars_data, tmp_path, monkeypatch, capsys):
+    from capserve.training import train as train_module
+
+    train, val = bars_data
+    base = dict(batch_size=64, augment={}, progress="none", learning_rate=3e-3)
+    val = val.subset(range(50))
+    fit(small_config(), "abc", train.subset(range(200)), val, TrainConfig(epochs=1, checkpoint_dir=tmp_path / "a", **base))
+    source = build_model(small_config())
+    source.load_weights(tmp_path / "a" / "best.weights.h5")
+    monkeypatch.setattr(train_module, "HEAD_SHARE", 0.5)  # of 2 epochs: the first trains the head alone
+    seen = []
+    wider = small_config(charset_size=4)
+    holder = {}
+
+    def snapshot(record):
+        model = holder["model"]
+        seen.append({name: [w.copy() for w in model.get_layer(name).get_weights()]
+                     for name in ("block1_conv", "block1_bn", "context2", "logits")})
+
+    real_build = train_module.build_model
+
+    def build(config, **kw):  # the run's own model, to look at after each epoch
+        model = real_build(config, **kw)
+        if config == wider:
+            holder.setdefault("model", model)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    fit(wider, "abcd", train.subset(range(300)), val, TrainConfig(epochs=2, warm_start=tmp_path / "a", **base),
+        on_epoch=snapshot)
+    err = capsys.readouterr().err
+    assert "the new head trains alone first" in err and "epoch 2 on: every layer trains" in err
+    after_head, after_all = seen
+    for name in ("block1_conv", "block1_bn", "context2"):  # frozen: weights and batch-norm statistics stay
+        assert all(np.array_equal(a, b) for a, b in zip(after_head[name], source.get_layer(name).get_weights())), name
+        assert not all(np.array_equal(a, b) for a, b in zip(after_all[name], after_head[name])), name
+    assert not np.array_equal(after_head["logits"][0], after_all["logits"][0])
+
+
 def test_target_accuracy_stops_early(bars_data):
     train, val = bars_data
     result = fit(small_config(), "abc", train.subset(range(200)), val,

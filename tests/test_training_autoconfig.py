@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from capserve.training import autoconfig
-from capserve.training.pipeline import TrainOptions, configure
+from capserve.training import pipeline
+from capserve.training.pipeline import Backbone, TrainOptions, configure
 
 pytestmark = [pytest.mark.train]  # the training package's data tools come with the train extra
 
@@ -42,6 +43,9 @@ def labels(n: int, charset: str = "abcd", seed: int = 0) -> list[str]:
 
 
 def choose(folder: Path, **given) -> tuple[TrainOptions, dict[str, autoconfig.Choice]]:
+    """What ``configure`` chooses; from scratch unless ``from_scratch=False`` is given (the
+    default start is tested below, against a backbone of the test's own)."""
+    given.setdefault("from_scratch", True)
     options, choices = configure(TrainOptions(site="s", out=folder.parent / "registry", data=folder, **given))
     return options, {c.setting: c for c in choices}
 
@@ -156,3 +160,69 @@ def test_the_table_names_each_override():
     text = autoconfig.table([autoconfig.Choice("input", "84x48", "scaled", "--width --height")])
     assert text.splitlines()[0] == "what I chose and why:"
     assert "84x48" in text and text.rstrip().endswith("--width --height")
+
+
+BACKBONE_CONFIG = {"arch": "cnn", "decoder": "ctc", "height": 48, "width": 128, "channels": 1, "charset_size": 66,
+                   "length": 8, "filters": [16, 32, 64, 96], "units": 128, "dropout": 0.2, "batch_norm": True}
+
+
+@pytest.fixture
+def backbone(monkeypatch, tmp_path):
+    """A general backbone as the bundle holds it (configure reads only its state)."""
+    found = Backbone(tmp_path / "general" / "1" / "backbone", BACKBONE_CONFIG, "1")
+    monkeypatch.setattr(pipeline, "general_backbone", lambda: found)
+    return found
+
+
+def test_a_labelled_folder_starts_from_the_general_backbone_by_default(tmp_path, backbone):
+    folder = write(tmp_path / "small", [(draw(t, size=(100, 30)), t) for t in labels(20)])
+    options, choices = choose(folder, from_scratch=False)
+    assert options.warm_start == backbone.folder
+    assert choices["start"].value == "general backbone v1" and choices["start"].override == "--from-scratch"
+    assert (options.width, options.height) == (160, 48)  # 100x30 at the backbone's 48 px, aspect kept
+    assert "general backbone's height" in choices["input"].why
+    assert options.augment == "strong" and "augment" in choices
+    options, choices = choose(folder, from_scratch=False, augment="light", width=120)
+    assert options.augment == "light" and "augment" not in choices and (options.width, options.height) == (120, 48)
+
+
+def test_from_scratch_opts_out_of_the_general_backbone(tmp_path, backbone):
+    folder = write(tmp_path / "small", [(draw(t, size=(100, 30)), t) for t in labels(20)])
+    options, choices = choose(folder, from_scratch=True)
+    assert options.warm_start is None and "start" not in choices
+    assert (options.width, options.height) == (100, 30) and options.augment == "light"
+
+
+def test_settings_the_general_backbone_cannot_take_are_refused(tmp_path, backbone):
+    folder = write(tmp_path / "small", [(draw(t, size=(100, 30)), t) for t in labels(20)])
+    for given, flag in [({"channels": 3}, "--channels 3"), ({"height": 32}, "--height 32"),
+                        ({"arch": "crnn"}, "--arch crnn"), ({"filters": (8, 16)}, "--filters 8,16"),
+                        ({"units": 64}, "--units 64"), ({"batch_norm": False}, "--no-batch-norm")]:
+        with pytest.raises(ValueError, match="train with --from-scratch") as caught:
+            choose(folder, from_scratch=False, **given)
+        assert str(caught.value).startswith(flag + ": the general backbone"), caught.value
+    options, _ = choose(folder, from_scratch=False, channels=1, height=48, arch="cnn", decoder="fixed")
+    assert options.warm_start == backbone.folder  # what the backbone has, or a new head, is no conflict
+
+
+def test_colour_chosen_from_the_images_starts_from_scratch_and_says_why(tmp_path, backbone):
+    hue_only = write(tmp_path / "hue", [(draw(t, fg=RED, bg=EQUAL_GREEN), t) for t in labels(20)])
+    options, choices = choose(hue_only, from_scratch=False)
+    assert options.channels == 3 and options.warm_start is None
+    assert choices["start"].value == "from scratch" and "reads 1-channel images" in choices["start"].why
+    assert options.augment == "light"
+
+
+def test_a_generator_run_and_an_explicit_warm_start_keep_their_own_start(tmp_path, backbone):
+    folder = write(tmp_path / "small", [(draw(t, size=(100, 30)), t) for t in labels(20)])
+    options, choices = choose(folder, from_scratch=False, warm_start=tmp_path / "mine")
+    assert options.warm_start == tmp_path / "mine" and "start" not in choices
+    options, choices = configure(TrainOptions(site="g", out=tmp_path / "r", generator="mixture:width=96,height=32"))
+    assert options.warm_start is None and "start" not in {c.setting for c in choices}
+
+
+def test_without_a_general_backbone_a_folder_trains_from_scratch(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "general_backbone", lambda: None)
+    folder = write(tmp_path / "small", [(draw(t, size=(100, 30)), t) for t in labels(20)])
+    options, choices = choose(folder, from_scratch=False)
+    assert options.warm_start is None and choices["start"].why == "no general backbone is installed"

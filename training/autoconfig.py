@@ -39,11 +39,16 @@ def table(choices: Sequence[Choice]) -> str:
     return "\n".join(lines)
 
 
-def input_size(width: int, height: int, max_length: int) -> tuple[int, int, str]:
+def input_size(width: int, height: int, max_length: int, *, fixed_height: int | None = None) -> tuple[int, int, str]:
     """The model input for images of ``width`` x ``height``: taller ones scaled to
-    ``TARGET_HEIGHT`` with their aspect ratio kept, and always wide enough for a CTC head to
-    emit ``max_length`` characters (``8 * max_length + 4`` pixels)."""
-    if height > TARGET_HEIGHT:
+    ``TARGET_HEIGHT`` (or every one to ``fixed_height``, a pretrained backbone's) with their
+    aspect ratio kept, and always wide enough for a CTC head to emit ``max_length`` characters
+    (``8 * max_length + 4`` pixels)."""
+    if fixed_height is not None:
+        new_height = fixed_height
+        why = (f"the images' own size, the general backbone's height" if height == fixed_height else
+               f"scaled from {width}x{height}, aspect kept, to the general backbone's height")
+    elif height > TARGET_HEIGHT:
         new_height = TARGET_HEIGHT
         why = f"scaled from {width}x{height}, aspect kept: {TARGET_HEIGHT} px tall reads as well and costs less"
     elif height < MIN_HEIGHT:

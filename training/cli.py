@@ -99,7 +99,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, help="processes that read or generate images (default: all cores)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--arch", choices=("cnn", "crnn"), default="cnn",
+    m.add_argument("--arch", choices=("cnn", "crnn"),
                    help="cnn: convolutions only, CTC (default, fastest); crnn: convolutions + bidirectional GRU")
     m.add_argument("--decoder", choices=("ctc", "fixed"), default="ctc",
                    help="ctc: variable length (default); fixed: one softmax per position (labels of one length)")
@@ -120,14 +120,18 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                         "planned from the first epoch's time; default on a CPU without --epochs: 18m")
     t.add_argument("--discard-on-stop", dest="keep_on_stop", action="store_false",
                    help="a run stopped by SIGTERM or Ctrl-C writes nothing (default: its best weights, marked)")
-    t.add_argument("--augment", default="light",
-                   help="none | light (default) | strong | key=value list of shift, rotate, zoom, noise, contrast")
+    t.add_argument("--augment",
+                   help="none | light | strong | key=value list of shift, rotate, zoom, noise, contrast "
+                        "(default: strong on the general backbone, light from scratch)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-dir", type=Path, help="save the model every epoch here (and the best weights)")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     t.add_argument("--warm-start", type=Path, metavar="CHECKPOINT_DIR",
                    help="start from the best weights saved in an earlier run's --checkpoint-dir, with a new "
-                   "learning-rate schedule (fine-tune on new data or samples)")
+                   "learning-rate schedule (fine-tune on new data or samples); default for --data: the bundled "
+                   "general model's backbone")
+    t.add_argument("--from-scratch", action="store_true",
+                   help="start from random weights, not from the general backbone (--data runs start from it)")
     t.add_argument("--progress", choices=("auto", "bar", "epoch", "none"), default="auto")
 
     e = p.add_argument_group("export")

@@ -43,7 +43,7 @@ class TrainOptions:
     postprocess: list[Any] | None = None
     workers: int | None = None
     # model
-    arch: str = "cnn"
+    arch: str | None = None  # None: cnn (or the warm start's)
     decoder: str = "ctc"
     filters: tuple[int, ...] | None = None
     units: int | None = None
@@ -56,11 +56,12 @@ class TrainOptions:
     learning_rate: float = 2e-3
     target_accuracy: float | None = None
     patience: int | None = None
-    augment: str = "light"
+    augment: str | None = None  # None: light, or strong on a pretrained backbone
     seed: int = 0
     checkpoint_dir: Path | None = None
     resume: bool = False
-    warm_start: Path | None = None
+    warm_start: Path | None = None  # None: the general backbone for a labelled folder (unless from_scratch)
+    from_scratch: bool = False
     progress: str = "auto"
     # export
     quantization: str = "dynamic"
@@ -122,6 +123,55 @@ def _traits(options: TrainOptions) -> tuple[bool, bool]:
     return datasets.image_traits(paths)
 
 
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    folder: Path  # a checkpoint folder: state.json and best.weights.h5
+    config: dict  # its ModelConfig as a dict
+    version: str
+
+
+def general_backbone() -> Backbone | None:
+    """The backbone of the newest bundled ``general`` entry (its ``backbone/`` checkpoint folder)."""
+    from capserve.model_registry.registry import BUNDLED
+
+    found = sorted((int(p.parent.parent.name), p.parent) for p in (BUNDLED / GENERAL_SITE).glob("*/backbone/state.json")
+                   if p.parent.parent.name.isdigit())
+    if not found:
+        return None
+    version, folder = found[-1]
+    return Backbone(folder, json.loads((folder / "state.json").read_text())["model_config"], str(version))
+
+
+GENERAL_SITE = "general"
+"""The bundled entry whose backbone a labelled folder's run starts from by default."""
+
+
+def _default_start(options: TrainOptions, channels: int | None) -> tuple[Backbone | None, autoconfig.Choice | None]:
+    """The general backbone a run on a labelled folder starts from, and the "start" row; a
+    setting given that the backbone cannot take is refused (``--from-scratch`` opts out)."""
+    if options.data is None or options.warm_start is not None or options.from_scratch:
+        return None, None
+    backbone = general_backbone()
+    if backbone is None:
+        return None, autoconfig.Choice("start", "from scratch", "no general backbone is installed", "--warm-start")
+    source = backbone.config
+    if options.channels is None and channels != source["channels"]:
+        return None, autoconfig.Choice("start", "from scratch", f"colour carries the text, and the general backbone "
+                                       f"reads {source['channels']}-channel images", "--channels 1 to start from it")
+    given = {"channels": options.channels, "height": options.height, "arch": options.arch,
+             "filters": list(options.filters) if options.filters else None, "units": options.units,
+             "batch_norm": None if options.batch_norm else False}
+    for name, value in given.items():
+        if value is not None and value != source[name]:
+            shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
+            flag = "--no-batch-norm" if name == "batch_norm" else f"--{name} {shown(value)}"
+            raise ValueError(f"{flag}: the general backbone, which a run starts from by default, has {name} "
+                             f"{shown(source[name])}; train with --from-scratch, or leave {flag.split()[0]} out")
+    return backbone, autoconfig.Choice(
+        "start", f"general backbone v{backbone.version}", "pretrained on a mixture of captcha styles: a new head for "
+        "this charset trains alone for the first epochs, then every layer", "--from-scratch")
+
+
 def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choice]]:
     """The options with every choice the user left open made from the data, and the choices."""
     arrays, labels, (width, height) = _sample(options)
@@ -131,14 +181,25 @@ def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choi
         max_length = max(max_length, int(params.get("max_length", max_length)))
     choices = []
     changes: dict[str, Any] = {}
-    if options.width is None or options.height is None:
-        w, h, why = autoconfig.input_size(width, height, max_length)
-        changes["width"], changes["height"] = options.width or w, options.height or h
-        choices.append(autoconfig.Choice("input", f"{changes['width']}x{changes['height']}", why, "--width --height"))
     if options.channels is None:
         channels, why = autoconfig.colour_channels(arrays)
         changes["channels"] = channels
         choices.append(autoconfig.Choice("colour", "gray" if channels == 1 else "RGB", why, "--channels"))
+    backbone, start = _default_start(options, changes.get("channels", options.channels))
+    if start is not None:
+        choices.append(start)
+    if backbone is not None:
+        changes["warm_start"] = backbone.folder
+    if options.width is None or options.height is None:
+        w, h, why = autoconfig.input_size(width, height, max_length,
+                                          fixed_height=backbone.config["height"] if backbone else None)
+        changes["width"], changes["height"] = options.width or w, options.height or h
+        choices.append(autoconfig.Choice("input", f"{changes['width']}x{changes['height']}", why, "--width --height"))
+    if options.augment is None:
+        changes["augment"] = "strong" if backbone is not None else "light"
+        if backbone is not None:
+            choices.append(autoconfig.Choice("augment", "strong", "a pretrained backbone fine-tuned on few labels: "
+                                             "larger shifts, rotations, zoom, noise and contrast", "--augment"))
     if options.preprocess is None:
         alpha, animated = _traits(options)
         chain = datasets.default_preprocess(changes.get("channels", options.channels), alpha=alpha, animated=animated)
@@ -237,7 +298,7 @@ def model_config(options: TrainOptions, shape: InputShape, charset: str, max_len
     if options.units:
         kwargs["units"] = options.units
     return ModelConfig(
-        arch=options.arch,
+        arch=options.arch or "cnn",
         decoder=options.decoder,
         height=shape.height,
         width=shape.width,
@@ -344,7 +405,7 @@ def _run(options: TrainOptions, started: float, stop) -> Path | None:
         plateau=PLATEAU if deadline is not None and options.epochs is None else None,
         deadline=deadline,
         stop=stop,
-        augment=parse_augment(options.augment),
+        augment=parse_augment(options.augment or "light"),
         seed=options.seed,
         checkpoint_dir=options.checkpoint_dir,
         resume=options.resume,
@@ -403,7 +464,8 @@ def _run(options: TrainOptions, started: float, stop) -> Path | None:
         **({"time_budget_s": round(budget)} if budget else {}),
         "seconds": round(result.seconds, 1),
         "seed": options.seed,
-        "augment": options.augment,
+        "augment": options.augment or "light",
+        **({"warm_start": str(options.warm_start)} if options.warm_start else {}),
         "command": options.command or entry.reproduce_command(),
     }
     folder = entry.write_entry(

@@ -322,7 +322,7 @@ def fit(
     losses = _losses()
     epochs = config.epochs
 
-    model = None
+    model, lent = None, set()
     if ckpt is not None and config.resume and (ckpt / "last.keras").is_file():
         state = _checkpoint_state(ckpt, model_config, charset, "; remove it or drop --resume")
         model = keras.models.load_model(ckpt / "last.keras", custom_objects={"ctc_loss": losses["ctc"]})
@@ -331,11 +331,14 @@ def fit(
         epochs = max(epochs, state.get("planned_epochs", epochs))
         best_acc, best_epoch = state["best_accuracy"], state["best_epoch"]
         _log(f"resuming from {ckpt} after epoch {initial_epoch} (best {best_acc:.4f} at epoch {best_epoch})")
+        if not all(layer.trainable for layer in model.layers):  # saved during a head-first phase
+            _set_trainable(model, {layer.name for layer in model.layers}, True, config, losses[decoder])
     if model is None:
         model = build_model(model_config)
         if config.warm_start is not None:
-            _load_warm_start(Path(config.warm_start), model, model_config, charset)
+            lent = _load_warm_start(Path(config.warm_start), model, model_config, charset)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=losses[decoder])
+    head_epochs = 0  # a new head on a lent backbone trains alone first: its random start would upset the backbone
     schedule = {"step": initial_epoch * steps_per_epoch, "total": steps_per_epoch * epochs, "peak": config.learning_rate,
                 "clock": {}, "last_batch": steps_per_epoch - 1 if steps_per_epoch > WARM_STEPS + 1 else -1}
 
@@ -361,6 +364,14 @@ def fit(
     best_char, best_loss = -1.0, math.inf
     try:
         while epoch < epochs and stop_reason == "epochs":
+            if lent and epoch == initial_epoch:
+                head_epochs = max(1, round(HEAD_SHARE * epochs))
+                _set_trainable(model, lent, False, config, losses[decoder])
+                _log("the new head trains alone first, on the frozen backbone")
+            elif lent and epoch >= head_epochs:
+                _set_trainable(model, lent, True, config, losses[decoder])
+                _log(f"epoch {epoch + 1} on: every layer trains")
+                lent = set()
             t0 = time.perf_counter()
             result = model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
                                callbacks=[steps])
@@ -397,6 +408,8 @@ def fit(
                 planned = _plan(epoch, seconds, config.deadline, config.epochs)
                 if epoch == initial_epoch + 1 or abs(planned - epochs) > 0.2 * epochs:
                     epochs = planned
+                    if lent:
+                        head_epochs = max(1, round(HEAD_SHARE * epochs))
                     _log(f"an epoch takes {seconds:.1f}s: {epochs} epochs fit the time budget; "
                          "the learning rate decays over them")
                     schedule["total"] = steps_per_epoch * epochs
@@ -443,8 +456,23 @@ def fit(
 
 WARM_STEPS = 3
 """Steps of a run's first epoch left out of its steady step time (tracing, warm-up)."""
+HEAD_SHARE = 0.05
+"""On a lent backbone, this share of the planned epochs (at least one) trains the new head alone."""
 REPLAN_EPOCHS = 3
 """A budgeted run corrects its plan from the median time of this many recent epochs."""
+
+
+def _set_trainable(model, names: set[str], trainable: bool, config: TrainConfig, loss) -> None:
+    """Freeze or thaw the layers ``names`` and compile again (a fresh optimizer: the schedule
+    sets its learning rate every step)."""
+    import keras
+
+    for layer in model.layers:
+        if layer.name in names:
+            layer.trainable = trainable
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=loss)
+
+
 
 
 def _plan(done: int, epoch_seconds: float, deadline: float, cap: int) -> int:
@@ -481,32 +509,34 @@ def _backbone_problem(source: dict, target: ModelConfig) -> str | None:
     return None
 
 
-def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: str) -> None:
+def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: str) -> set[str]:
     """Start from the best weights of an earlier run, with a fresh optimizer and learning-rate
     schedule. Made for the same model and charset, every weight is taken (fine-tuning on new
     data, or a warm restart); made for another charset, decoder or width, every layer but the
-    output head is (a backbone, e.g. a general model's, under a new head for this charset)."""
+    output head is (a backbone, e.g. a general model's, under a new head for this charset).
+    Returns the names of the layers a backbone lent (none when every weight was taken)."""
     state = _read_state(folder)
     if state.get("model_config") == model_config.to_dict() and state.get("charset") == charset:
         model.load_weights(folder / "best.weights.h5")
         _log(f"starting from the best weights of {folder} (epoch {state['best_epoch']}, "
              f"validation {state['best_accuracy']:.4f})")
-        return
+        return set()
     source_config = state.get("model_config") or {}
     problem = _backbone_problem(source_config, model_config)
     if problem is not None:
         raise ValueError(f"{folder}: cannot warm-start from this checkpoint: {problem}")
     source = build_model(ModelConfig(**{**source_config, "filters": tuple(source_config["filters"])}))
     source.load_weights(folder / "best.weights.h5")
-    lenders, copied = {layer.name: layer for layer in source.layers}, 0
+    lenders, lent = {layer.name: layer for layer in source.layers}, set()
     for layer in model.layers:
         if layer.name == "logits" or not layer.weights or layer.name not in lenders:
             continue
         weights = lenders[layer.name].get_weights()
         if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
             layer.set_weights(weights)
-            copied += 1
-    _log(f"starting from the backbone of {folder} ({copied} layers; a new head for {len(charset)} characters)")
+            lent.add(layer.name)
+    _log(f"starting from the backbone of {folder} ({len(lent)} layers; a new head for {len(charset)} characters)")
+    return lent
 
 
 def _save_checkpoint(
