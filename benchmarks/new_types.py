@@ -13,7 +13,8 @@ green of the same lightness).
 
 For each style: write ``--train`` labelled images and ``--test`` fresh ones (another seed) as
 folders with a ``labels.csv``; run ``capserve train --site nt-STYLE --data TRAIN --out REGISTRY``
-with nothing else but ``--time-budget`` (default: the command's own default); start ``capserve
+with nothing else but ``--time-budget`` (default: the command's own default) and
+``--from-scratch`` when given (the command starts from the general backbone); start ``capserve
 serve`` on the registry and POST every test image over HTTP; read the same bytes with ddddocr
 (the ``bench`` extra) when it is installed, raw and folded to the style's charset. Prints a
 markdown table (``--out`` also writes it to a file).
@@ -225,7 +226,7 @@ def ddddocr_accuracy(items: list[tuple[Path, str]], style: str) -> tuple[float, 
 
 
 def markdown(rows: list[tuple], test: int) -> str:
-    header = ("style", "kind", "training images", "budget", "train minutes", "of budget", "validation (LiteRT)",
+    header = ("style", "kind", "training images", "start", "budget", "train minutes", "of budget", "validation (LiteRT)",
               f"{test} fresh over HTTP", "ms per request", "ddddocr", "ddddocr folded")
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -238,6 +239,8 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=9000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--time-budget", help="passed to capserve train (default: the command's own)")
+    parser.add_argument("--from-scratch", action="store_true", help="passed to capserve train (default: it starts "
+                        "from the general backbone)")
     parser.add_argument("--quick", action="store_true", help="600 training and 200 test images, a 2-minute budget")
     parser.add_argument("--work", type=Path, help="keep the images, registry and logs here")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
@@ -255,6 +258,8 @@ def main() -> int:
                    "--out", str(registry), "--progress", "epoch"]
         if args.time_budget:
             command += ["--time-budget", args.time_budget]
+        if args.from_scratch:
+            command.append("--from-scratch")
         t0 = time.perf_counter()
         with open(base / "train.log", "w") as log:
             done = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ})
@@ -268,7 +273,8 @@ def main() -> int:
         accuracy, ms = read_over_http(registry, site, test, style)
         peer = ddddocr_accuracy(test, style)
         peer_cells = tuple(f"{v:.4f}" for v in peer) if peer else ("-", "-")
-        rows.append((style, STYLES[style][1], args.train, f"{budget / 60:.0f} min" if budget else "-",
+        start = "general" if record.get("warm_start") else "scratch"
+        rows.append((style, STYLES[style][1], args.train, start, f"{budget / 60:.0f} min" if budget else "-",
                      f"{minutes:.1f}", f"{minutes * 60 / budget:.2f}" if budget else "-", f"{entry['accuracy']:.4f}",
                      f"{accuracy:.4f}", f"{ms:.1f}", *peer_cells))
         print(f"{style}: {accuracy:.4f} over HTTP after {minutes:.1f} min", file=sys.stderr)
