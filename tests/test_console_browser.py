@@ -217,7 +217,7 @@ def test_train_accepts_the_labelled_folder(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "capserve.server.cli", "train", "--site", "demo", "--data", str(folder), "--out", str(out),
-         "--epochs", "1", "--filters", "8,16", "--units", "16", "--batch-size", "8", "--augment", "none",
+         "--from-scratch", "--epochs", "1", "--filters", "8,16", "--units", "16", "--batch-size", "8", "--augment", "none",
          "--quantization", "none", "--progress", "none"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

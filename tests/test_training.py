@@ -165,7 +165,7 @@ def test_folder_training_then_eval(tmp_path, capsys):
     write_folder(data, 900, seed=3, charset="abc")
     out = tmp_path / "reg"
     code = cli.main([
-        "train", "--site", "folder-bars", "--data", str(data), "--val-split", "0.2", "--epochs", "8",
+        "train", "--site", "folder-bars", "--data", str(data), "--val-split", "0.2", "--from-scratch", "--epochs", "8",
         "--batch-size", "16", "--lr", "3e-3", "--augment", "none", "--filters", "8,16,16,24", "--units", "32",
         "--target-accuracy", "0.97", "--progress", "none", "--out", str(out), "--quantization", "int8",
     ])
@@ -420,7 +420,7 @@ def test_unseen_styles_transparency_animation_noise_case(tmp_path, capsys):
     write_styled_folder(data, 1200, seed=1, charset="aAb")
     out = tmp_path / "reg"
     code = cli.main([
-        "train", "--site", "styles", "--data", str(data), "--val-split", "0.15", "--epochs", "12", "--tolerance", "0.05",
+        "train", "--site", "styles", "--data", str(data), "--val-split", "0.15", "--from-scratch", "--epochs", "12", "--tolerance", "0.05",
         "--batch-size", "16", "--lr", "3e-3", "--augment", "none", "--filters", "8,16,16,24", "--units", "32",
         "--target-accuracy", "0.97", "--progress", "none", "--out", str(out),
     ])

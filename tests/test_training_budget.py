@@ -71,7 +71,7 @@ def test_sigterm_after_the_first_epoch_leaves_an_entry_that_serves(tmp_path):
     data, out = tmp_path / "data", tmp_path / "registry"
     write_folder(data, 400, seed=3, charset="abc")
     argv = [sys.executable, "-m", "capserve.server.cli", "train", "--site", "stopped", "--data", str(data),
-            "--out", str(out), "--epochs", "200", "--batch-size", "16", "--filters", "8,16,16,24", "--units", "32",
+            "--out", str(out), "--from-scratch", "--epochs", "200", "--batch-size", "16", "--filters", "8,16,16,24", "--units", "32",
             "--augment", "none", "--progress", "epoch"]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

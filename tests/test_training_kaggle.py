@@ -264,6 +264,7 @@ EPOCHS = 8
 BATCH_SIZE = 16
 TARGET_ACCURACY = 0.97
 AUGMENT = "none"
+FROM_SCRATCH = True
 EXTRA_ARGS = ["--filters", "8,16,16,24", "--units", "32", "--lr", "3e-3", "--val-split", "0.2", "--seed", "1"]
 OUT_DIR = {str(work / "working" / "registry")!r}
 ZIP_DIR = {str(work / "working")!r}
