@@ -242,6 +242,7 @@ def main() -> int:
     parser.add_argument("--from-scratch", action="store_true", help="passed to capserve train (default: it starts "
                         "from the general backbone)")
     parser.add_argument("--quick", action="store_true", help="600 training and 200 test images, a 2-minute budget")
+    parser.add_argument("--no-ddddocr", dest="ddddocr", action="store_false", help="leave ddddocr's columns out")
     parser.add_argument("--work", type=Path, help="keep the images, registry and logs here")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
@@ -271,7 +272,7 @@ def main() -> int:
         record = yaml.safe_load((Path(entry["entry"]) / ENTRY_FILE).read_text(encoding="utf-8"))["training"]
         budget = record.get("time_budget_s")
         accuracy, ms = read_over_http(registry, site, test, style)
-        peer = ddddocr_accuracy(test, style)
+        peer = ddddocr_accuracy(test, style) if args.ddddocr else None
         peer_cells = tuple(f"{v:.4f}" for v in peer) if peer else ("-", "-")
         start = "general" if record.get("warm_start") else "scratch"
         rows.append((style, STYLES[style][1], args.train, start, f"{budget / 60:.0f} min" if budget else "-",
