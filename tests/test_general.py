@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from capserve.core.images import DEFAULT_LIMITS
 from capserve.core.spec import load_spec
 from capserve.model_registry.registry import BUNDLED, Registry
 from capserve.plugins.builtin.mixture import mixture
@@ -53,18 +55,36 @@ def test_general_is_bundled_small_and_its_backbone_is_its_own():
     assert state["charset"] == spec.charset
     assert (config["width"], config["height"], config["channels"]) == (spec.width, spec.height, spec.channels)
     assert (GENERAL / "backbone" / "best.weights.h5").is_file()
-    assert "command" in spec.training and "--generator mixture" in spec.training["command"]
+    assert "command" in spec.training and "--generator 'mixture:" in spec.training["command"]
+
+
+def test_the_general_chain_gives_the_tensors_it_was_trained_on():
+    """Its chain starts with frames_min (animations whole, transparency onto white, as a
+    browser shows them): on the opaque still images training drew, the tensor is the trained
+    chain's to within one gray level (PIL's conversion to gray rounds, the frames path's numpy)."""
+    from capserve.core.chain import InputShape
+    from capserve.plugins.manager import compile_preprocess
+
+    spec = load_spec(GENERAL / "model.yaml")
+    shape = InputShape(spec.width, spec.height, spec.channels)
+    assert spec.preprocess[0] == "frames_min"
+    served = compile_preprocess(spec.preprocess, shape)
+    trained = compile_preprocess(spec.preprocess[1:], shape)
+    for data, _ in fresh(20, "test-general:chain"):
+        difference = np.abs(served.tensor(served.decode(data, DEFAULT_LIMITS))
+                            - trained.tensor(trained.decode(data, DEFAULT_LIMITS)))
+        assert difference.max() <= 1.01 / 255 and difference.mean() < 0.2 / 255
 
 
 def test_general_reads_fresh_mixture_captchas_with_per_character_confidence(client):
     items = fresh(60, "test-general:zero-shot")
     right = 0
     for data, text in items:
-        r = client.post("/recognize/general", content=data)
+        r = client.post("/recognize/general?details=true", content=data)
         assert r.status_code == 200, r.text
         body = r.json()
-        assert len(body["char_confidences"]) == len(body["raw_text"])
-        assert all(0 < c <= 1 for c in body["char_confidences"])
+        assert "".join(c["char"] for c in body["characters"]) == body["raw_text"]
+        assert all(0 < c["confidence"] <= 1 for c in body["characters"])
         right += body["text"] == text
     # Far below what its report measures on fresh mixture samples: only a broken model fails.
     assert right / len(items) >= 0.4, right
@@ -77,7 +97,7 @@ def test_a_restriction_changes_the_general_answer_as_documented(client):
         plain = client.post("/recognize/general", content=data).json()["text"]
         r = client.post("/recognize/general?charset=0123456789&length=4-6", content=data)
         if r.status_code == 422:  # no reading of digits only can be made of this image
-            assert r.json()["code"] == "restriction_unmet"
+            assert r.json()["error"]["code"] == "restriction_unmet"
             continue
         assert r.status_code == 200, r.text
         text = r.json()["text"]
@@ -98,7 +118,7 @@ def test_a_restriction_changes_the_general_answer_as_documented(client):
 def test_bad_restrictions_of_the_general_model_are_400(client, query):
     data = fresh(1, "test-general:bad")[0][0]
     r = client.post(f"/recognize/general?{query}", content=data)
-    assert r.status_code == 400 and r.json()["code"] == "bad_parameter", (query, r.text)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_parameter", (query, r.text)
 
 
 @pytest.mark.train
