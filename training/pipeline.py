@@ -168,8 +168,7 @@ def _default_start(options: TrainOptions, channels: int | None) -> tuple[Backbon
             raise ValueError(f"{flag}: the general backbone, which a run starts from by default, has {name} "
                              f"{shown(source[name])}; train with --from-scratch, or leave {flag.split()[0]} out")
     return backbone, autoconfig.Choice(
-        "start", f"general backbone v{backbone.version}", "pretrained on a mixture of captcha styles: a new head for "
-        "this charset trains alone for the first epochs, then every layer", "--from-scratch")
+        "start", f"general backbone v{backbone.version}", "pretrained on many captcha styles; a new head for this charset", "--from-scratch")
 
 
 def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choice]]:
