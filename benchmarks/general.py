@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.new_types import STYLES, answer, write  # noqa: E402
+from benchmarks.new_types import STYLES, answer, ddddocr_accuracy, write  # noqa: E402
 from capserve.core.errors import CapserveError  # noqa: E402
 from capserve.model_registry.registry import BUNDLED, Registry  # noqa: E402
 from capserve.plugins.builtin.mixture import mixture, system_fonts  # noqa: E402
@@ -80,7 +80,7 @@ def mixture_rows(model, count: int) -> tuple[list[tuple], list[tuple]]:
     return rows, lengths
 
 
-def style_row(model, name: str, items: list[tuple[bytes, str]], style: str, peer) -> tuple:
+def style_row(model, name: str, items: list[tuple[bytes, str]], style: str, peer: bool) -> tuple:
     labels = [label for _, label in items]
     charset = "".join(sorted(set("".join(labels))))
     lengths = sorted({len(label) for label in labels})
@@ -93,27 +93,9 @@ def style_row(model, name: str, items: list[tuple[bytes, str]], style: str, peer
     else:
         right = sum(answer(style, read(model, data, restrict) or "") == answer(style, label) for data, label in items)
         held = f"{right / n:.4f}"
-    peer_cells = peer(items, style, charset) if peer else ("-", "-")
+    scores = ddddocr_accuracy(items, style) if peer else None
+    peer_cells = tuple(f"{v:.4f}" for v in scores) if scores else ("-", "-")
     return (name, n, f"{raw / n:.4f}", held, *peer_cells)
-
-
-def ddddocr_reader():
-    try:
-        import ddddocr
-    except ImportError:
-        return None
-    ocr = ddddocr.DdddOcr(show_ad=False)
-
-    def accuracy(items, style, charset):
-        raw = folded = 0
-        for data, label in items:
-            text = ocr.classification(data)
-            fold = "".join(c for c in (text if any(c.isupper() for c in charset) else text.lower()) if c in charset)
-            raw += answer(style, text) == answer(style, label)
-            folded += answer(style, fold) == answer(style, label)
-        return f"{raw / len(items):.4f}", f"{folded / len(items):.4f}"
-
-    return accuracy
 
 
 def imagecaptcha_items(count: int) -> list[tuple[bytes, str]]:
@@ -164,6 +146,7 @@ def main() -> int:
     parser.add_argument("--styles", default=",".join(STYLES))
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-ddddocr", dest="ddddocr", action="store_false", help="leave ddddocr's columns out")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
     if args.quick:
@@ -179,7 +162,7 @@ def main() -> int:
                                                                families))
     out.append("### The mixture, by text length\n\n" + markdown(("length", "samples", "sequence accuracy"), lengths))
     print("\n\n".join(out), file=sys.stderr)
-    peer = ddddocr_reader()
+    peer = args.ddddocr
     rows = [style_row(model, "imagecaptcha (the bundled types' generator)", imagecaptcha_items(args.test),
                       "imagecaptcha", peer)]
     with tempfile.TemporaryDirectory(prefix="capserve-general-") as work:

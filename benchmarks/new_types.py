@@ -209,7 +209,8 @@ def read_over_http(registry: Path, site: str, items: list[tuple[Path, str]], sty
     return right / len(items), ms
 
 
-def ddddocr_accuracy(items: list[tuple[Path, str]], style: str) -> tuple[float, float] | None:
+def ddddocr_accuracy(items: list[tuple[bytes, str]], style: str) -> tuple[float, float] | None:
+    """ddddocr's accuracy on ``(image bytes, label)`` items, raw and folded to their charset."""
     try:
         import ddddocr
     except ImportError:
@@ -217,8 +218,8 @@ def ddddocr_accuracy(items: list[tuple[Path, str]], style: str) -> tuple[float, 
     ocr = ddddocr.DdddOcr(show_ad=False)
     charset = "".join(sorted({c for _, label in items for c in label}))
     raw = folded = 0
-    for path, label in items:
-        text = ocr.classification(path.read_bytes())
+    for data, label in items:
+        text = ocr.classification(data)
         fold = "".join(c for c in (text if any(c.isupper() for c in charset) else text.lower()) if c in charset)
         raw += answer(style, text) == answer(style, label)
         folded += answer(style, fold) == answer(style, label)
@@ -272,7 +273,7 @@ def main() -> int:
         record = yaml.safe_load((Path(entry["entry"]) / ENTRY_FILE).read_text(encoding="utf-8"))["training"]
         budget = record.get("time_budget_s")
         accuracy, ms = read_over_http(registry, site, test, style)
-        peer = ddddocr_accuracy(test, style) if args.ddddocr else None
+        peer = ddddocr_accuracy([(path.read_bytes(), label) for path, label in test], style) if args.ddddocr else None
         peer_cells = tuple(f"{v:.4f}" for v in peer) if peer else ("-", "-")
         start = "general" if record.get("warm_start") else "scratch"
         rows.append((style, STYLES[style][1], args.train, start, f"{budget / 60:.0f} min" if budget else "-",

@@ -161,9 +161,11 @@ def _default_start(options: TrainOptions, channels: int | None) -> tuple[Backbon
     given = {"channels": options.channels, "height": options.height, "arch": options.arch,
              "filters": list(options.filters) if options.filters else None, "units": options.units,
              "batch_norm": None if options.batch_norm else False}
+    def shown(value: Any) -> Any:
+        return ",".join(map(str, value)) if isinstance(value, list) else value
+
     for name, value in given.items():
         if value is not None and value != source[name]:
-            shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
             flag = "--no-batch-norm" if name == "batch_norm" else f"--{name} {shown(value)}"
             raise ValueError(f"{flag}: the general backbone, which a run starts from by default, has {name} "
                              f"{shown(source[name])}; train with --from-scratch, or leave {flag.split()[0]} out")

@@ -337,8 +337,7 @@ def fit(
         model = build_model(model_config)
         if config.warm_start is not None:
             lent = _load_warm_start(Path(config.warm_start), model, model_config, charset)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=losses[decoder])
-    head_epochs = 0  # a new head on a lent backbone trains alone first: its random start would upset the backbone
+        _set_trainable(model, set(), True, config, losses[decoder])
     schedule = {"step": initial_epoch * steps_per_epoch, "total": steps_per_epoch * epochs, "peak": config.learning_rate,
                 "clock": {}, "last_batch": steps_per_epoch - 1 if steps_per_epoch > WARM_STEPS + 1 else -1}
 
@@ -364,11 +363,12 @@ def fit(
     best_char, best_loss = -1.0, math.inf
     try:
         while epoch < epochs and stop_reason == "epochs":
+            # A new head on a lent backbone trains alone first: its random start would upset the
+            # backbone. Its share is of the epochs planned now (a budget replans after epoch 1).
             if lent and epoch == initial_epoch:
-                head_epochs = max(1, round(HEAD_SHARE * epochs))
                 _set_trainable(model, lent, False, config, losses[decoder])
                 _log("the new head trains alone first, on the frozen backbone")
-            elif lent and epoch >= head_epochs:
+            elif lent and epoch >= max(1, round(HEAD_SHARE * epochs)):
                 _set_trainable(model, lent, True, config, losses[decoder])
                 _log(f"epoch {epoch + 1} on: every layer trains")
                 lent = set()
@@ -408,8 +408,6 @@ def fit(
                 planned = _plan(epoch, seconds, config.deadline, config.epochs)
                 if epoch == initial_epoch + 1 or abs(planned - epochs) > 0.2 * epochs:
                     epochs = planned
-                    if lent:
-                        head_epochs = max(1, round(HEAD_SHARE * epochs))
                     _log(f"an epoch takes {seconds:.1f}s: {epochs} epochs fit the time budget; "
                          "the learning rate decays over them")
                     schedule["total"] = steps_per_epoch * epochs
@@ -463,16 +461,14 @@ REPLAN_EPOCHS = 3
 
 
 def _set_trainable(model, names: set[str], trainable: bool, config: TrainConfig, loss) -> None:
-    """Freeze or thaw the layers ``names`` and compile again (a fresh optimizer: the schedule
-    sets its learning rate every step)."""
+    """Freeze or thaw the layers ``names`` and compile (a fresh optimizer: the schedule sets its
+    learning rate every step)."""
     import keras
 
     for layer in model.layers:
         if layer.name in names:
             layer.trainable = trainable
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=loss)
-
-
 
 
 def _plan(done: int, epoch_seconds: float, deadline: float, cap: int) -> int:
