@@ -335,14 +335,19 @@ def test_warm_start_from_another_charset_takes_the_backbone_under_a_new_head(bar
     source.load_weights(tmp_path / "a" / "best.weights.h5")
     wider = small_config(charset_size=5)  # a new charset: the head has other classes
     frozen = dict(epochs=1, learning_rate=0.0, **base)  # no step moves a weight: what it started from stays
-    warm = fit(wider, "abcde", train.subset(range(100)), val, TrainConfig(warm_start=tmp_path / "a", **frozen))
-    cold = fit(wider, "abcde", train.subset(range(100)), val, TrainConfig(**frozen))
-    assert "starting from the backbone of" in capsys.readouterr().err
+    warm = fit(wider, "cbade", train.subset(range(100)), val, TrainConfig(warm_start=tmp_path / "a", **frozen))
+    cold = fit(wider, "cbade", train.subset(range(100)), val, TrainConfig(**frozen))
+    assert "a new head for 5 characters, 3 of them read as the backbone read them" in capsys.readouterr().err
     for name in ("block1_conv", "block4_conv", "column_dense", "context2"):
         lent = source.get_layer(name).get_weights()[0]
         assert np.array_equal(warm.model.get_layer(name).get_weights()[0], lent), name
         assert not np.array_equal(cold.model.get_layer(name).get_weights()[0], lent), name
-    assert warm.model.get_layer("logits").get_weights()[0].shape == (32, 6)
+    # The head keeps the blank's and each known character's output weights, in this charset's order.
+    (kernel, bias), (new_kernel, new_bias) = source.get_layer("logits").get_weights(), warm.model.get_layer("logits").get_weights()
+    assert new_kernel.shape == (32, 6)
+    for to, frm in ((0, 0), (1, 3), (2, 2), (3, 1)):  # blank, c, b, a
+        assert np.array_equal(new_kernel[:, to], kernel[:, frm]) and new_bias[to] == bias[frm], (to, frm)
+    assert not any(np.array_equal(new_kernel[:, 4], kernel[:, k]) for k in range(4))  # d: never seen, random
     with pytest.raises(ValueError, match="trained on 1-channel images and this run's are 3-channel"):
         fit(small_config(channels=3), "abc", train.subset(range(100)), val,
             TrainConfig(epochs=1, warm_start=tmp_path / "a", **base))
@@ -385,6 +390,15 @@ def test_a_new_head_on_a_lent_backbone_trains_alone_first(bars_data, tmp_path, m
         assert all(np.array_equal(a, b) for a, b in zip(after_head[name], source.get_layer(name).get_weights())), name
         assert not all(np.array_equal(a, b) for a, b in zip(after_all[name], after_head[name])), name
     assert not np.array_equal(after_head["logits"][0], after_all["logits"][0])
+
+
+def test_a_tie_keeps_the_later_weights_and_patience_counts_from_the_last_gain(bars_data):
+    train, val = bars_data
+    # No step moves a weight: every epoch reads validation alike (0.0), so epoch 2 ties epoch 1.
+    result = fit(small_config(), "abc", train.subset(range(100)), val.subset(range(50)),
+                 TrainConfig(epochs=4, patience=1, learning_rate=0.0, augment={}, progress="none"))
+    assert [r.sequence_accuracy for r in result.history] == [0.0, 0.0]
+    assert result.stopped == "patience" and result.best_epoch == 2
 
 
 def test_target_accuracy_stops_early(bars_data):

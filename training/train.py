@@ -360,6 +360,7 @@ def fit(
     steps = _callback(model, schedule, stop, config.deadline, bar)
     started = time.perf_counter()
     epoch = last_gain = initial_epoch
+    last_better = best_epoch
     best_char, best_loss = -1.0, math.inf
     try:
         while epoch < epochs and stop_reason == "epochs":
@@ -388,12 +389,17 @@ def fit(
             )
             history.append(record)
             improved = record.sequence_accuracy > best_acc
+            # A tie keeps the later weights: a small validation set saturates early, and the later
+            # weights have trained longer, at a lower rate (BENCHMARKS.md, "The general model").
+            kept = record.sequence_accuracy >= best_acc
             # A plateau is no gain in sequence or character accuracy, nor 1% less loss: early in
             # a CTC run the sequence accuracy sits at 0 for epochs while the rest improves.
             if improved or record.char_accuracy > best_char or record.loss < 0.99 * best_loss:
                 last_gain = epoch
             best_char, best_loss = max(best_char, record.char_accuracy), min(best_loss, record.loss)
             if improved:
+                last_better = epoch
+            if kept:
                 best_acc, best_epoch, best_weights = record.sequence_accuracy, epoch, model.get_weights()
             if config.deadline is not None and stop.reason is None:
                 # The first epoch pays for tracing: its steady step time (after WARM_STEPS) and the
@@ -420,18 +426,18 @@ def fit(
                 _log(
                     f"epoch {epoch}/{epochs}: loss {record.loss:.4f}  val sequence {record.sequence_accuracy:.4f}"
                     f"  char {record.char_accuracy:.4f}  lr {record.learning_rate:.2e}  {record.seconds:.0f}s"
-                    + ("  *best*" if improved else "")
+                    + ("  *best*" if kept else "")
                 )
             if on_epoch is not None:
                 on_epoch(record)
             if ckpt is not None:
-                _save_checkpoint(ckpt, model, model_config, charset, epoch, history, best_acc, best_epoch, improved,
+                _save_checkpoint(ckpt, model, model_config, charset, epoch, history, best_acc, best_epoch, kept,
                                  epochs)
             if stop.reason is not None:
                 stop_reason = stop.reason
             elif config.target_accuracy is not None and best_acc >= config.target_accuracy:
                 stop_reason = "target"
-            elif config.patience is not None and epoch - best_epoch >= config.patience:
+            elif config.patience is not None and epoch - last_better >= config.patience:
                 stop_reason = "patience"
             elif config.plateau and epoch - last_gain >= max(5, int(epochs * config.plateau)):
                 stop_reason = "plateau"
@@ -509,8 +515,8 @@ def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: st
     """Start from the best weights of an earlier run, with a fresh optimizer and learning-rate
     schedule. Made for the same model and charset, every weight is taken (fine-tuning on new
     data, or a warm restart); made for another charset, decoder or width, every layer but the
-    output head is (a backbone, e.g. a general model's, under a new head for this charset).
-    Returns the names of the layers a backbone lent (none when every weight was taken)."""
+    output head is (a backbone, e.g. a general model's, under a new head for this charset that
+    keeps the lent head's rows for the characters both know). Returns the names of the layers a backbone lent (none when every weight was taken)."""
     state = _read_state(folder)
     if state.get("model_config") == model_config.to_dict() and state.get("charset") == charset:
         model.load_weights(folder / "best.weights.h5")
@@ -531,8 +537,28 @@ def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: st
         if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
             layer.set_weights(weights)
             lent.add(layer.name)
-    _log(f"starting from the backbone of {folder} ({len(lent)} layers; a new head for {len(charset)} characters)")
+    known = _lend_head_rows(source.get_layer("logits"), model.get_layer("logits"), state.get("charset") or "",
+                            charset, source_config.get("decoder"), model_config.decoder)
+    _log(f"starting from the backbone of {folder} ({len(lent)} layers; a new head for {len(charset)} characters, "
+         f"{known} of them read as the backbone read them)")
     return lent
+
+
+def _lend_head_rows(source, target, source_charset: str, charset: str, source_decoder, decoder: str) -> int:
+    """Start a new CTC head where the lent one left off: the blank, and each character the source
+    knew, keep its output weights; only characters it never saw start at random. A run then begins
+    at the source's reading restricted to this charset, instead of at chance. Returns how many
+    characters were known."""
+    if source_decoder != "ctc" or decoder != "ctc":
+        return 0
+    (kernel, bias), (new_kernel, new_bias) = source.get_weights(), target.get_weights()
+    if kernel.shape[0] != new_kernel.shape[0]:
+        return 0
+    pairs = [(0, 0)] + [(i + 1, source_charset.index(c) + 1) for i, c in enumerate(charset) if c in source_charset]
+    for to, frm in pairs:
+        new_kernel[:, to], new_bias[to] = kernel[:, frm], bias[frm]
+    target.set_weights([new_kernel, new_bias])
+    return len(pairs) - 1
 
 
 def _save_checkpoint(
