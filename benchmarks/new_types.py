@@ -23,7 +23,6 @@ markdown table (``--out`` also writes it to a file).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os

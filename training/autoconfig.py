@@ -46,7 +46,7 @@ def input_size(width: int, height: int, max_length: int, *, fixed_height: int | 
     (``8 * max_length + 4`` pixels)."""
     if fixed_height is not None:
         new_height = fixed_height
-        why = (f"the images' own size, the general backbone's height" if height == fixed_height else
+        why = ("the images' own size, the general backbone's height" if height == fixed_height else
                f"scaled from {width}x{height}, aspect kept, to the general backbone's height")
     elif height > TARGET_HEIGHT:
         new_height = TARGET_HEIGHT
