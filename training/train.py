@@ -516,7 +516,8 @@ def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: st
     schedule. Made for the same model and charset, every weight is taken (fine-tuning on new
     data, or a warm restart); made for another charset, decoder or width, every layer but the
     output head is (a backbone, e.g. a general model's, under a new head for this charset that
-    keeps the lent head's rows for the characters both know). Returns the names of the layers a backbone lent (none when every weight was taken)."""
+    keeps the lent head's rows for the characters both know). Returns the names of the layers a
+    backbone lent (none when every weight was taken)."""
     state = _read_state(folder)
     if state.get("model_config") == model_config.to_dict() and state.get("charset") == charset:
         model.load_weights(folder / "best.weights.h5")
@@ -551,9 +552,7 @@ def _lend_head_rows(source, target, source_charset: str, charset: str, source_de
     characters were known."""
     if source_decoder != "ctc" or decoder != "ctc":
         return 0
-    (kernel, bias), (new_kernel, new_bias) = source.get_weights(), target.get_weights()
-    if kernel.shape[0] != new_kernel.shape[0]:
-        return 0
+    (kernel, bias), (new_kernel, new_bias) = source.get_weights(), target.get_weights()  # the same units
     pairs = [(0, 0)] + [(i + 1, source_charset.index(c) + 1) for i, c in enumerate(charset) if c in source_charset]
     for to, frm in pairs:
         new_kernel[:, to], new_bias[to] = kernel[:, frm], bias[frm]
