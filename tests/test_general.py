@@ -143,6 +143,31 @@ def test_training_on_a_folder_starts_from_the_general_backbone_by_default(tmp_pa
 
 
 @pytest.mark.train
+def test_an_animation_gets_the_frames_step_under_which_the_general_backbone_reads_it(tmp_path):
+    """Each GIF shows its captcha in one frame of five (the others are blank): only the darkest
+    value over the frames keeps the text whole. The general backbone reads the sample under a
+    head for its charset, without training, and scores each frames step by what it reads."""
+    from PIL import Image
+
+    from capserve.core.chain import InputShape
+    from capserve.training import autoconfig
+    from capserve.training.pipeline import general_backbone
+
+    rng, items = random.Random("frames"), []
+    for i in range(60):
+        image, text = mixture(rng, width=128, height=48, charset=string.digits, min_length=4, max_length=4)
+        blanks = [Image.new("RGB", (128, 48), "white") for _ in range(4)]
+        for k, blank in enumerate(blanks):  # a pixel apart, or the GIF writer merges them into one frame
+            blank.putpixel((k, 0), (250, 250, 250))
+        image.convert("RGB").save(tmp_path / f"{i}.gif", save_all=True, append_images=blanks, duration=100)
+        items.append((tmp_path / f"{i}.gif", text))
+    best, scores = autoconfig.probe_frames(items, InputShape(128, 48, 1), string.digits, 4,
+                                           backbone=general_backbone().folder)
+    assert best == "frames_min", scores
+    assert scores["frames_min"] > 0.7 and scores["frames_max"] < 0.2 and scores["frames_median"] < 0.2, scores
+
+
+@pytest.mark.train
 def test_channels_the_general_backbone_cannot_take_are_refused_before_training(tmp_path):
     from tests.training_helpers import write_folder
 

@@ -8,6 +8,7 @@ reason; ``pipeline.prepare`` applies those the user did not set and prints them 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -129,21 +130,33 @@ PROBE_IMAGES, PROBE_VALIDATION, PROBE_STEPS = 800, 200, 120
 PROBE_LEAST = 200  # fewer labelled animations than this: too few to learn from, frames_min is taken
 
 
-def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0) -> tuple[str, dict[str, float]]:
-    """The frames step under which a small model learns the animated images best: each candidate
-    trains the same small model from the same seed for ``PROBE_STEPS`` steps on a sample of
-    ``items`` (``(path, label)``) and is scored by character accuracy on held-out images of it."""
+def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0,
+                 backbone: Path | None = None) -> tuple[str, dict[str, float]]:
+    """The frames step under which the animated images read best, by character accuracy on a
+    sample of ``items`` (``(path, label)``). With a ``backbone`` (a checkpoint folder, such as the
+    general model's), by how it reads the sample as it is, under a head for ``charset`` that keeps
+    its rows (no training: a small sample is too little to learn from, not to read). Without one,
+    each candidate trains the same small model from the same seed for ``PROBE_STEPS`` steps and
+    is scored on held-out images."""
     import random
 
     from capserve.plugins.manager import compile_preprocess
     from capserve.training.datasets import Dataset, file_tensor
-    from capserve.training.models import ModelConfig
-    from capserve.training.train import TrainConfig, fit
+    from capserve.training.metrics import score
+    from capserve.training.models import ModelConfig, build_model
+    from capserve.training.train import TrainConfig, _load_warm_start, _read_state, fit, predict
 
     sample = random.Random(seed).sample(list(items), min(len(items), PROBE_IMAGES + PROBE_VALIDATION))
     cut = max(1, len(sample) * PROBE_IMAGES // (PROBE_IMAGES + PROBE_VALIDATION))
     config = ModelConfig(height=shape.height, width=shape.width, channels=shape.channels,
                          charset_size=len(charset), length=max_length, filters=(8, 16, 32, 32), units=64)
+    reader = None
+    if backbone is not None:
+        lent = {**_read_state(backbone)["model_config"], "width": shape.width, "charset_size": len(charset),
+                "length": max_length, "decoder": "ctc"}
+        config = ModelConfig(**{**lent, "filters": tuple(lent["filters"])})
+        reader = build_model(config)
+        _load_warm_start(backbone, reader, config, charset)
     batch = 32
     scores = {}
     for step in FRAMES_CANDIDATES:
@@ -151,6 +164,9 @@ def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0) 
         pre = compile_preprocess(chain, shape)
         x = np.stack([file_tensor(path.read_bytes(), pre) for path, _ in sample])
         labels = [label for _, label in sample]
+        if reader is not None:
+            scores[step] = score(labels, predict(reader, x, charset, "ctc")).char_accuracy
+            continue
         train = Dataset(x[:cut], labels[:cut], ["probe"] * cut)
         val = Dataset(x[cut:], labels[cut:], ["probe"] * (len(sample) - cut))
         epochs = min(20, max(1, -(-PROBE_STEPS * batch // len(train))))

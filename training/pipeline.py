@@ -215,11 +215,13 @@ def configure(options: TrainOptions) -> tuple[TrainOptions, list[autoconfig.Choi
             items = datasets.scan_folder(options.data, case=options.case)
             charset = options.charset or "".join(sorted(set("".join(labels))))
             log(f"animated images: trying {', '.join(autoconfig.FRAMES_CANDIDATES)} on a sample ...")
-            best, scores = autoconfig.probe_frames(items, shape, charset, max_length, seed=options.seed)
+            best, scores = autoconfig.probe_frames(items, shape, charset, max_length, seed=options.seed,
+                                                   backbone=backbone.folder if backbone else None)
             chain[0] = best
             tried = ", ".join(f"{step} {score:.2f}" for step, score in scores.items())
-            choices.append(autoconfig.Choice("frames", best, f"animated images; character accuracy of a short "
-                                             f"probe run: {tried}", "--preprocess"))
+            how = "the general backbone's reading of a sample" if backbone else "a short probe run"
+            choices.append(autoconfig.Choice("frames", best, f"animated images; character accuracy of {how}: {tried}",
+                                             "--preprocess"))
         elif alpha:
             choices.append(autoconfig.Choice("transparency", "flatten_alpha", "transparent images, composited onto "
                                              "white as a browser shows them", "--preprocess"))
