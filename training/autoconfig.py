@@ -152,9 +152,8 @@ def probe_frames(items, shape, charset: str, max_length: int, *, seed: int = 0,
                          charset_size=len(charset), length=max_length, filters=(8, 16, 32, 32), units=64)
     reader = None
     if backbone is not None:
-        lent = {**_read_state(backbone)["model_config"], "width": shape.width, "charset_size": len(charset),
-                "length": max_length, "decoder": "ctc"}
-        config = ModelConfig(**{**lent, "filters": tuple(lent["filters"])})
+        config = ModelConfig.from_dict({**_read_state(backbone)["model_config"], "width": shape.width,
+                                        "charset_size": len(charset), "length": max_length, "decoder": "ctc"})
         reader = build_model(config)
         _load_warm_start(backbone, reader, config, charset)
     batch = 32

@@ -60,6 +60,11 @@ class ModelConfig:
         out["filters"] = list(self.filters)
         return out
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """The inverse of ``to_dict`` (a checkpoint's ``state.json`` holds filters as a list)."""
+        return cls(**{**values, "filters": tuple(values["filters"])})
+
 
 def _conv_block(keras, x, filters: int, pool: tuple[int, int], name: str, batch_norm: bool, strides: int = 1):
     x = keras.layers.Conv2D(

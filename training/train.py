@@ -364,8 +364,9 @@ def fit(
     best_char, best_loss = -1.0, math.inf
     try:
         while epoch < epochs and stop_reason == "epochs":
-            # A new head on a lent backbone trains alone first: its random start would upset the
-            # backbone. Its share is of the epochs planned now (a budget replans after epoch 1).
+            # A new head on a lent backbone trains alone first: its rows for characters the backbone
+            # never saw start at random, and would upset it. Its share is of the epochs planned now
+            # (a budget replans after epoch 1).
             if lent and epoch == initial_epoch:
                 _set_trainable(model, lent, False, config, losses[decoder])
                 _log("the new head trains alone first, on the frozen backbone")
@@ -528,7 +529,7 @@ def _load_warm_start(folder: Path, model, model_config: ModelConfig, charset: st
     problem = _backbone_problem(source_config, model_config)
     if problem is not None:
         raise ValueError(f"{folder}: cannot warm-start from this checkpoint: {problem}")
-    source = build_model(ModelConfig(**{**source_config, "filters": tuple(source_config["filters"])}))
+    source = build_model(ModelConfig.from_dict(source_config))
     source.load_weights(folder / "best.weights.h5")
     lenders, lent = {layer.name: layer for layer in source.layers}, set()
     for layer in model.layers:
@@ -561,12 +562,12 @@ def _lend_head_rows(source, target, source_charset: str, charset: str, source_de
 
 
 def _save_checkpoint(
-    ckpt: Path, model, model_config, charset, epoch, history, best_acc, best_epoch, improved, planned_epochs
+    ckpt: Path, model, model_config, charset, epoch, history, best_acc, best_epoch, new_best, planned_epochs
 ) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     model.save(ckpt / "last.keras.tmp.keras")
     os.replace(ckpt / "last.keras.tmp.keras", ckpt / "last.keras")
-    if improved:
+    if new_best:
         model.save_weights(ckpt / "best.weights.h5")
     state = {
         "epoch": epoch,
