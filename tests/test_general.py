@@ -58,18 +58,22 @@ def test_general_is_bundled_small_and_its_backbone_is_its_own():
     assert "command" in spec.training and "--generator 'mixture:" in spec.training["command"]
 
 
+TRAINED_CHAIN = ["grayscale", {"resize": {"mode": "stretch"}}, "normalize"]
+
+
 def test_the_general_chain_gives_the_tensors_it_was_trained_on():
     """Its chain starts with frames_min (animations whole, transparency onto white, as a
-    browser shows them): on the opaque still images training drew, the tensor is the trained
-    chain's to within one gray level (PIL's conversion to gray rounds, the frames path's numpy)."""
+    browser shows them) and grays with decolorize (hue-only text stays visible): on the opaque
+    still images training drew, the tensor is the trained chain's to within one gray level
+    (PIL's conversion to gray rounds, the frames path's numpy)."""
     from capserve.core.chain import InputShape
     from capserve.plugins.manager import compile_preprocess
 
     spec = load_spec(GENERAL / "model.yaml")
     shape = InputShape(spec.width, spec.height, spec.channels)
-    assert spec.preprocess[0] == "frames_min"
+    assert spec.preprocess == ["frames_min", "decolorize", *TRAINED_CHAIN[1:]]
     served = compile_preprocess(spec.preprocess, shape)
-    trained = compile_preprocess(spec.preprocess[1:], shape)
+    trained = compile_preprocess(TRAINED_CHAIN, shape)
     for data, _ in fresh(20, "test-general:chain"):
         difference = np.abs(served.tensor(served.decode(data, DEFAULT_LIMITS))
                             - trained.tensor(trained.decode(data, DEFAULT_LIMITS)))
@@ -88,6 +92,22 @@ def test_general_reads_fresh_mixture_captchas_with_per_character_confidence(clie
         right += body["text"] == text
     # Far below what its report measures on fresh mixture samples: only a broken model fails.
     assert right / len(items) >= 0.4, right
+
+
+def test_general_reads_text_that_only_its_hue_shows(client):
+    """Red text on a green as light: gray by lightness it is blank, decolorize keeps it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype("DejaVuSans-Bold.ttf", 28)
+    rng, right = random.Random("test-general:hue"), 0
+    for _ in range(20):
+        text = "".join(rng.choice("abcdefhkmnprstuvwxyz") for _ in range(rng.randint(4, 5)))
+        image = Image.new("RGB", (140, 50), (0, 130, 0))
+        ImageDraw.Draw(image).text((6, 8), text, font=font, fill=(255, 0, 0))
+        r = client.post("/recognize/general?charset=abcdefhkmnprstuvwxyz&length=4-5", content=png(image))
+        assert r.status_code in (200, 422), r.text
+        right += r.status_code == 200 and r.json()["text"] == text
+    assert right >= 10, right  # a gray chain reads none of them (BENCHMARKS.md, "The general model")
 
 
 def test_a_restriction_changes_the_general_answer_as_documented(client):

@@ -50,3 +50,24 @@ def test_fonts_default_to_the_system_and_a_missing_one_is_named():
         GENERATOR.func(random.Random(1), **GENERATOR.bind({"fonts": f"{one}|/nowhere.ttf"}))
     with pytest.raises(ValueError, match="greater than max_length"):
         GENERATOR.func(random.Random(1), **GENERATOR.bind({"min_length": 6, "max_length": 4}))
+
+
+def test_perspective_moves_a_glyph_and_salt_and_pepper_sprinkles_black_and_white():
+    from PIL import Image, ImageDraw
+
+    from capserve.plugins.builtin.mixture import _perspective, _salt_and_pepper
+
+    tile = Image.new("RGBA", (40, 50), (0, 0, 0, 0))
+    ImageDraw.Draw(tile).rectangle((10, 10, 29, 39), fill=(200, 0, 0, 255))
+    seen = np.asarray(_perspective(random.Random(3), tile, 0.25))
+    assert seen.shape == (50, 40, 4) and not np.array_equal(seen, np.asarray(tile))
+    covered = (seen[..., 3] > 0).sum()
+    assert 0.5 * 600 < covered < 1.6 * 600  # the 20x30 block, seen from aside: moved, not lost
+    assert np.array_equal(np.asarray(_perspective(random.Random(3), tile, 0.0)), np.asarray(tile))
+
+    gray = Image.new("RGB", (100, 50), (128, 128, 128))
+    noisy = np.asarray(_salt_and_pepper(random.Random(4), gray))
+    black, white = (noisy == 0).all(axis=2).sum(), (noisy == 255).all(axis=2).sum()
+    changed = (noisy != 128).any(axis=2).sum()
+    assert black > 0 and white > 0 and changed == black + white
+    assert 0.004 * 5000 <= changed <= 0.05 * 5000

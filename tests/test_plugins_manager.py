@@ -13,7 +13,7 @@ from capserve.plugins import manager
 REPO = Path(__file__).resolve().parent.parent
 
 OWN_PREPROCESS = {
-    "capserve.plugins.builtin.colour": ["grayscale", "normalize", "invert", "keep_colors", "drop_colors", "flatten_alpha"],
+    "capserve.plugins.builtin.colour": ["grayscale", "decolorize", "normalize", "invert", "keep_colors", "drop_colors", "flatten_alpha"],
     "capserve.plugins.builtin.frames": ["frames_concat", "frames_blend", "frames_median", "frames_min", "frames_max", "frames_pick"],
     "capserve.plugins.builtin.geometry": ["resize", "crop", "trim"],
     "capserve.plugins.builtin.cleaning": ["threshold", "median_filter", "remove_specks"],

@@ -15,7 +15,7 @@ SHAPE = InputShape(64, 32, 1)
 
 PREPROCESS_ERRORS = [
     # (chain, index, step, words in the reason)
-    (["grayscale", "sharpen_everything"], 1, "sharpen_everything", "unknown step; known: crop, drop_colors"),
+    (["grayscale", "sharpen_everything"], 1, "sharpen_everything", "unknown step; known: crop, decolorize"),
     (["grayscale", {"threshold": {"level": 3}}], 1, "threshold", "unknown parameter(s) ['level']; accepted: ['invert', 'method', 'value']"),
     (["normalize", {"invert": {"maximum": 1, "minimum": 0}}], 1, "invert", "unknown parameter(s) ['minimum']"),
     (["keep_colors"], 0, "keep_colors", "missing required parameter 'colors'"),

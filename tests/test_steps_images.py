@@ -220,6 +220,36 @@ def test_grayscale_weights_pick_the_channel_the_text_is_in():
     assert iou(run(data, [{"grayscale": {"weights": [1, 0, 0]}}, {"threshold": {"value": 128}}])) == 1.0
 
 
+@pytest.mark.parametrize("text, background", [((255, 0, 0), (0, 130, 0)), ((40, 40, 230), (120, 40, 20))])
+def test_decolorize_reads_text_that_only_its_hue_shows(text, background):
+    # The two colours are equally light: grayscale loses the text, the colours' main axis keeps
+    # it, as dark on light whichever way that axis points.
+    image = draw_text(Image.new("RGB", SIZE, background), fill=text)
+    data = encode(image)
+    gray = run(data, ["grayscale"])
+    assert int(gray.max()) - int(gray.min()) <= 3
+    out = run(data, ["decolorize"])
+    assert out.shape == (50, 100, 1) and out.dtype == np.uint8
+    assert iou(out) == 1.0 and int(out.min()) == 0 and int(out.max()) == 255
+    swapped = encode(draw_text(Image.new("RGB", SIZE, text), fill=background))
+    assert iou(run(swapped, ["decolorize"])) == 1.0
+
+
+def test_decolorize_is_grayscale_where_lightness_shows_the_text():
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        background = tuple(int(v) for v in rng.integers(150, 256, 3))
+        ink = tuple(int(v) for v in rng.integers(0, 90, 3))
+        pixels = np.asarray(draw_text(Image.new("RGB", SIZE, background), fill=ink, crisp=False))
+        noisy = np.clip(pixels + rng.integers(-30, 31, pixels.shape), 0, 255).astype(np.uint8)
+        for image in (pixels, noisy):
+            assert np.array_equal(compile_preprocess(["decolorize"], SHAPE)(image), grayscale(image))
+    flat = np.full((50, 100, 3), (0, 130, 0), np.uint8)  # one colour: nothing to stretch
+    assert np.array_equal(compile_preprocess(["decolorize"], SHAPE)(flat), grayscale(flat))
+    with pytest.raises(TypeError, match="decolorize works on uint8"):
+        compile_preprocess(["normalize", "decolorize"], SHAPE)(flat)
+
+
 def test_only_a_leading_grayscale_with_its_default_weights_is_left_to_the_decoder():
     assert compile_preprocess(["grayscale", "normalize"], SHAPE).decode_mode == "L"
     assert compile_preprocess([{"grayscale": {"weights": [0.299, 0.587, 0.114]}}], SHAPE).decode_mode == "L"

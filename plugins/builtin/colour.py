@@ -1,4 +1,4 @@
-"""Colour steps: grayscale, scaling to [0, 1], invert, keep or drop colours, flatten transparency.
+"""Colour steps: grayscale (by lightness, or by the colours' main axis), scaling to [0, 1], invert, keep or drop colours, flatten transparency.
 
 Every step here is a handful of whole-array numpy or PIL operations. The colour-matching steps
 (``keep_colors``, ``drop_colors``, ``flatten_alpha``) work on uint8 images (values 0-255, as
@@ -32,6 +32,38 @@ def grayscale(image: np.ndarray, *, weights: tuple[float, ...] = (0.299, 0.587, 
     if min(weights) < 0 or sum(weights) > 1:  # only then can a value leave 0..255
         np.clip(gray, 0, 255, out=gray)
     return gray.astype(np.uint8)[..., None]
+
+
+LUMA = np.asarray((0.299, 0.587, 0.114), dtype=np.float32)
+
+
+def decolorize(image: np.ndarray, *, switch_below: float = 0.2) -> np.ndarray:
+    """RGB(A) uint8 -> one channel: ``grayscale``, unless lightness hardly tells the colours apart.
+
+    Text whose lightness matches its background's (red on a green as light) vanishes in gray.
+    When the lightness's spread is below ``switch_below`` of the spread along the colours' main
+    axis (their first principal component; gray images score 0.58), the image is projected on
+    that axis instead, stretched to 0..255 between its 1st and 99th percentiles and turned so
+    that the most common shade, the background, is the lighter side. Every other image comes
+    back exactly as ``grayscale`` gives it.
+    """
+    if image.shape[-1] == 1:
+        return image
+    require_uint8(image, "decolorize")
+    gray = grayscale(image)
+    sample = np.ascontiguousarray(image[::2, ::2, :3].reshape(-1, 3).T, dtype=np.float32)  # (3, N): fast sums
+    mean = sample.mean(axis=1)
+    covariance = sample @ sample.T / sample.shape[1] - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh(covariance)
+    if LUMA @ covariance @ LUMA >= switch_below**2 * values[-1]:  # the lightness's variance, from the same sums
+        return gray
+    projected = image[..., :3].astype(np.float32) @ vectors[:, -1]
+    low, middle, high = np.percentile(projected[::2, ::2], (1, 50, 99))
+    if high - low < 1:
+        return gray
+    if middle < (low + high) / 2:  # the background is the common shade: make it the light one
+        projected, low, high = -projected, -high, -low
+    return np.clip((projected - low) * (255 / (high - low)) + 0.5, 0, 255).astype(np.uint8)[..., None]
 
 
 def normalize(image: np.ndarray, *, scale: float = 1 / 255, offset: float = 0.0) -> np.ndarray:
@@ -170,6 +202,13 @@ def register_preprocess_steps():
             # PIL's own conversion to L uses these weights in 16-bit fixed point: the same gray
             # level but for 0.05% of all 2^24 colours, which land one level apart.
             decode_mode="L",
+        ),
+        Step(
+            "decolorize",
+            decolorize,
+            (Param("switch_below", "float", default=0.2, min=0, max=1,
+                   help="lightness spread, as a share of the main colour axis's, under which that axis is used"),),
+            "Grayscale by lightness, or by the colours' main axis where only hue shows the text.",
         ),
         Step(
             "normalize",

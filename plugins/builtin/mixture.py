@@ -3,8 +3,9 @@
 Each image draws its own style: a font from the fonts given (default: every TrueType font of
 the system's font folders and of the ``captcha`` package), a background (flat, gradient,
 speckle or blocks), one colour for the text or one per character (always contrasting with the
-background), per-character size, rotation, jitter and spacing (from overlapping to wide), lines,
-arcs and dots over or under the text, and sometimes a sine warp and a blur. Lengths, charset
+background), per-character size, rotation, jitter, perspective and spacing (from overlapping to
+wide), strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
+sine warp (gentle to tight), salt-and-pepper noise and a blur. Lengths, charset
 and size are parameters. It is the data a general model learns from; anyone can widen the
 mixture with a generator plugin of their own (docs/plugins.md).
 """
@@ -110,12 +111,18 @@ def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str,
     font = rng.choice(fonts)
     size = int(height * rng.uniform(0.45, 0.8))
     rotate, jitter = rng.choice((0, 10, 25, 35)), int(height * rng.uniform(0, 0.15))
+    stroke = rng.choice((0, 0, 0, 1, 2)) * size // 24
+    skew = rng.choice((0.0, 0.0, 0.12, 0.25))
     tiles = []
     for i, char in enumerate(text):
         fnt = _font(font, max(8, int(size * rng.uniform(0.85, 1.15))))
-        left, top, right, bottom = fnt.getbbox(char)
+        left, top, right, bottom = fnt.getbbox(char, stroke_width=stroke)
         tile = Image.new("RGBA", (right - left + 8, bottom - top + 8), (0, 0, 0, 0))
-        ImageDraw.Draw(tile).text((4 - left, 4 - top), char, font=fnt, fill=(*colours[i % len(colours)], 255))
+        colour = (*colours[i % len(colours)], 255)
+        ImageDraw.Draw(tile).text((4 - left, 4 - top), char, font=fnt, fill=colour, stroke_width=stroke,
+                                  stroke_fill=colour)
+        if skew:
+            tile = _perspective(rng, tile, skew)
         tiles.append(tile.rotate(rng.uniform(-rotate, rotate), resample=Image.BICUBIC, expand=True))
     spacing = rng.uniform(-0.25, 0.3)
     advances = [t.width * (1 + spacing) for t in tiles]
@@ -132,10 +139,26 @@ def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str,
         x += advance
 
 
+def _perspective(rng: random.Random, tile: Image.Image, amount: float) -> Image.Image:
+    """The tile seen from aside: each corner moved by up to ``amount`` of the tile's size."""
+    w, h = tile.size
+    dx, dy = lambda: rng.uniform(-amount, amount) * w, lambda: rng.uniform(-amount, amount) * h  # noqa: E731
+    corners = (dx(), dy(), dx(), h + dy(), w + dx(), h + dy(), w + dx(), dy())  # upper left, lower left, ...
+    return tile.transform(tile.size, Image.QUAD, corners, resample=Image.BICUBIC)
+
+
+def _salt_and_pepper(rng: random.Random, image: Image.Image) -> Image.Image:
+    pixels = np.array(image)
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    hit = np_rng.random(pixels.shape[:2]) < rng.uniform(0.005, 0.04)
+    pixels[hit] = np_rng.choice(np.array([0, 255], dtype=np.uint8), size=(int(hit.sum()), 1))
+    return Image.fromarray(pixels)
+
+
 def _warp(rng: random.Random, image: Image.Image) -> Image.Image:
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
-    amplitude, period, phase = rng.uniform(1, height * 0.07), rng.uniform(width * 0.3, width * 1.2), rng.uniform(0, 6.3)
+    amplitude, period, phase = rng.uniform(1, height * 0.12), rng.uniform(width * 0.2, width * 1.2), rng.uniform(0, 6.3)
     shifts = np.rint(amplitude * np.sin(2 * math.pi * np.arange(width) / period + phase)).astype(int)
     rows = (np.arange(height)[:, None] - shifts[None, :]) % height
     return Image.fromarray(pixels[rows, np.arange(width)[None, :]])
@@ -170,8 +193,10 @@ def mixture(
     _glyphs(rng, image, text, chosen, colours)
     if rng.random() < 0.5:
         _clutter(rng, image, colours)
-    if rng.random() < 0.3:
+    if rng.random() < 0.4:
         image = _warp(rng, image)
+    if rng.random() < 0.15:
+        image = _salt_and_pepper(rng, image)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
     return image, text
@@ -191,6 +216,7 @@ def register_generators():
                 Param("max_length", "int", default=8, min=1, max=64),
                 Param("fonts", "str", default="", help="'|'-separated .ttf paths; default: every system font"),
             ),
-            "Captchas of many styles: fonts, backgrounds, colours, rotations, overlaps, lines, arcs, dots, warps.",
+            "Captchas of many styles: fonts, backgrounds, colours, strokes, rotations, perspective, overlaps, lines, arcs, "
+            "dots, warps, noise.",
         )
     ]
