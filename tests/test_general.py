@@ -23,7 +23,7 @@ from capserve.plugins.builtin.mixture import mixture
 from capserve.server.app import create_app
 
 REPO = Path(__file__).resolve().parents[1]
-GENERAL = BUNDLED / "general" / "1"
+GENERAL = BUNDLED / "general" / "2"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_general_reads_fresh_mixture_captchas_with_per_character_confidence(clie
         assert all(0 < c["confidence"] <= 1 for c in body["characters"])
         right += body["text"] == text
     # Far below what its report measures on fresh mixture samples: only a broken model fails.
-    assert right / len(items) >= 0.4, right
+    assert right / len(items) >= 0.2, right  # the report: 0.37 of 2,000
 
 
 def test_general_reads_text_that_only_its_hue_shows(client):
@@ -158,7 +158,7 @@ def test_training_on_a_folder_starts_from_the_general_backbone_by_default(tmp_pa
     spec = load_spec(out / "bars" / "1" / "model.yaml")
     assert spec.training["warm_start"] == str(GENERAL / "backbone")
     start = next(c for c in spec.training["choices"] if c["setting"] == "start")
-    assert start["value"] == "general backbone v1"
+    assert start["value"] == f"general backbone v{GENERAL.name}"
     assert (spec.height, spec.channels, spec.charset) == (48, 1, "abc")
 
 
