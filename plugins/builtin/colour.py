@@ -1,4 +1,5 @@
-"""Colour steps: grayscale (by lightness, or by the colours' main axis), scaling to [0, 1], invert, keep or drop colours, flatten transparency.
+"""Colour steps: grayscale (by lightness, or by the colours' main axis), scaling to [0, 1],
+invert, keep or drop colours, flatten transparency.
 
 Every step here is a handful of whole-array numpy or PIL operations. The colour-matching steps
 (``keep_colors``, ``drop_colors``, ``flatten_alpha``) work on uint8 images (values 0-255, as
@@ -19,7 +20,12 @@ def require_uint8(image: np.ndarray, step: str) -> None:
         raise TypeError(f"{step} works on uint8 images (0-255); put it before normalize, got {image.dtype}")
 
 
-def grayscale(image: np.ndarray, *, weights: tuple[float, ...] = (0.299, 0.587, 0.114)) -> np.ndarray:
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R 601 lightness weights of R, G and B: grayscale's default, and what PIL's "L" uses."""
+LUMA = np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+
+
+def grayscale(image: np.ndarray, *, weights: tuple[float, ...] = LUMA_WEIGHTS) -> np.ndarray:
     """RGB(A) -> one channel, as a weighted sum of R, G and B (alpha is ignored)."""
     if image.shape[-1] == 1:
         return image
@@ -32,9 +38,6 @@ def grayscale(image: np.ndarray, *, weights: tuple[float, ...] = (0.299, 0.587, 
     if min(weights) < 0 or sum(weights) > 1:  # only then can a value leave 0..255
         np.clip(gray, 0, 255, out=gray)
     return gray.astype(np.uint8)[..., None]
-
-
-LUMA = np.asarray((0.299, 0.587, 0.114), dtype=np.float32)
 
 
 def decolorize(image: np.ndarray, *, switch_below: float = 0.2) -> np.ndarray:
@@ -50,17 +53,16 @@ def decolorize(image: np.ndarray, *, switch_below: float = 0.2) -> np.ndarray:
     if image.shape[-1] == 1:
         return image
     require_uint8(image, "decolorize")
-    gray = grayscale(image)
     sample = np.ascontiguousarray(image[::2, ::2, :3].reshape(-1, 3).T, dtype=np.float32)  # (3, N): fast sums
     mean = sample.mean(axis=1)
     covariance = sample @ sample.T / sample.shape[1] - np.outer(mean, mean)
     values, vectors = np.linalg.eigh(covariance)
     if LUMA @ covariance @ LUMA >= switch_below**2 * values[-1]:  # the lightness's variance, from the same sums
-        return gray
+        return grayscale(image)
     projected = image[..., :3].astype(np.float32) @ vectors[:, -1]
     low, middle, high = np.percentile(projected[::2, ::2], (1, 50, 99))
     if high - low < 1:
-        return gray
+        return grayscale(image)
     if middle < (low + high) / 2:  # the background is the common shade: make it the light one
         projected, low, high = -projected, -high, -low
     return np.clip((projected - low) * (255 / (high - low)) + 0.5, 0, 255).astype(np.uint8)[..., None]
@@ -197,7 +199,7 @@ def register_preprocess_steps():
         Step(
             "grayscale",
             grayscale,
-            (Param("weights", "list[float]", default=(0.299, 0.587, 0.114), length=3, help="weights of R, G, B"),),
+            (Param("weights", "list[float]", default=LUMA_WEIGHTS, length=3, help="weights of R, G, B"),),
             "Weighted sum of the colour channels into one channel.",
             # PIL's own conversion to L uses these weights in 16-bit fixed point: the same gray
             # level but for 0.05% of all 2^24 colours, which land one level apart.
