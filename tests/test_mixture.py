@@ -71,3 +71,25 @@ def test_perspective_moves_a_glyph_and_salt_and_pepper_sprinkles_black_and_white
     changed = (noisy != 128).any(axis=2).sum()
     assert black > 0 and white > 0 and changed == black + white
     assert 0.004 * 5000 <= changed <= 0.05 * 5000
+
+
+def test_glyphs_sit_on_the_fonts_baseline_most_of_the_time():
+    """Drawn in red and blue by turns, ``xpxp``'s p descends below the x's while their tops
+    line up, as in a line of text; glyphs centred one by one would split the difference."""
+    from PIL import Image
+
+    from capserve.plugins.builtin.mixture import _glyphs
+
+    font = next(path for path in system_fonts() if path.endswith("/DejaVuSans.ttf"))
+    tops, bottoms = [], []
+    for seed in range(60):
+        image = Image.new("RGB", (160, 60), (255, 255, 255))
+        _glyphs(random.Random(seed), image, "xpxp", (font,), [(255, 0, 0), (0, 0, 255)])
+        pixels = np.asarray(image).astype(int)
+        red = (pixels[..., 0] > 200) & (pixels[..., 1] < 120) & (pixels[..., 2] < 120)
+        blue = (pixels[..., 2] > 200) & (pixels[..., 0] < 120) & (pixels[..., 1] < 120)
+        rows_x, rows_p = np.nonzero(red.any(axis=1))[0], np.nonzero(blue.any(axis=1))[0]
+        tops.append(rows_x[0] - rows_p[0])
+        bottoms.append(rows_p[-1] - rows_x[-1])
+    assert np.median(bottoms) >= 4  # the descender, below the baseline
+    assert abs(np.median(tops)) <= np.median(bottoms) / 4

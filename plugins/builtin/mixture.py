@@ -4,7 +4,7 @@ Each image draws its own style: a font from the fonts given (default: every True
 the system's font folders and of the ``captcha`` package), a background (flat, gradient,
 speckle or blocks), one colour for the text or one per character (always contrasting with the
 background), per-character size, rotation, jitter, perspective and spacing (from overlapping to
-wide), strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
+wide) on the font's baseline or centred one by one, strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
 sine warp (gentle to tight), salt-and-pepper noise and a blur. Lengths, charset
 and size are parameters. It is the data a general model learns from; anyone can widen the
 mixture with a generator plugin of their own (docs/plugins.md).
@@ -107,34 +107,41 @@ def _clutter(rng: random.Random, image: Image.Image, colours: list[tuple[int, in
 
 def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str, ...],
             colours: list[tuple[int, int, int]]) -> None:
+    """Draw ``text`` glyph by glyph, on the font's baseline (as a line of text sits, descenders
+    below it, lower case the x-height tall) or, one time in four, each glyph centred on its own."""
     width, height = image.size
     font = rng.choice(fonts)
     size = int(height * rng.uniform(0.45, 0.8))
     rotate, jitter = rng.choice((0, 10, 25, 35)), int(height * rng.uniform(0, 0.15))
     stroke = rng.choice((0, 0, 0, 1, 2)) * size // 24
     skew = rng.choice((0.0, 0.0, 0.12, 0.25))
-    tiles = []
+    on_baseline = rng.random() < 0.75
+    tiles, rises = [], []  # rise: how far the baseline sits below the tile's centre
     for i, char in enumerate(text):
         fnt = _font(font, max(8, int(size * rng.uniform(0.85, 1.15))))
-        left, top, right, bottom = fnt.getbbox(char, stroke_width=stroke)
+        left, top, right, bottom = fnt.getbbox(char, stroke_width=stroke, anchor="ls")
         tile = Image.new("RGBA", (right - left + 8, bottom - top + 8), (0, 0, 0, 0))
         colour = (*colours[i % len(colours)], 255)
         ImageDraw.Draw(tile).text((4 - left, 4 - top), char, font=fnt, fill=colour, stroke_width=stroke,
-                                  stroke_fill=colour)
+                                  stroke_fill=colour, anchor="ls")
         if skew:
             tile = _perspective(rng, tile, skew)
+        rises.append((4 - top) - tile.height / 2 if on_baseline else 0.0)
         tiles.append(tile.rotate(rng.uniform(-rotate, rotate), resample=Image.BICUBIC, expand=True))
     spacing = rng.uniform(-0.25, 0.3)
     advances = [t.width * (1 + spacing) for t in tiles]
     total = sum(advances[:-1]) + tiles[-1].width
-    scale = min(1.0, (width - 4) / total, (height - 2) / max(t.height for t in tiles))
+    above = max(t.height / 2 + rise for t, rise in zip(tiles, rises))  # the line's extent about its baseline
+    below = max(t.height / 2 - rise for t, rise in zip(tiles, rises))
+    scale = min(1.0, (width - 4) / total, (height - 2) / (above + below))
     if scale < 1.0:
         tiles = [t.resize((max(1, int(t.width * scale)), max(1, int(t.height * scale))), Image.BICUBIC) for t in tiles]
-        advances = [a * scale for a in advances]
-        total *= scale
+        advances, rises = [a * scale for a in advances], [r * scale for r in rises]
+        total, above, below = total * scale, above * scale, below * scale
+    baseline = (height - above - below) / 2 + above
     x = rng.uniform(2, max(2.0, width - total - 2))
-    for tile, advance in zip(tiles, advances):
-        y = (height - tile.height) // 2 + rng.randint(-jitter, jitter)
+    for tile, advance, rise in zip(tiles, advances, rises):
+        y = int(baseline - rise - tile.height / 2) + rng.randint(-jitter, jitter)
         image.paste(tile, (int(x), max(0, min(height - tile.height, y))), tile)
         x += advance
 
