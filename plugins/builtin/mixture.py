@@ -4,7 +4,7 @@ Each image draws its own style: a font from the fonts given (default: every True
 the system's font folders and of the ``captcha`` package), a background (flat, gradient,
 speckle or blocks), one colour for the text or one per character (always contrasting with the
 background), per-character size, rotation, jitter, perspective and spacing (from overlapping to
-wide) on the font's baseline or centred one by one, strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
+wide) on the font's baseline at the glyphs' advances or centred one by one, sometimes off an edge, strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
 sine warp (gentle to tight), salt-and-pepper noise and a blur. Lengths, charset
 and size are parameters. It is the data a general model learns from; anyone can widen the
 mixture with a generator plugin of their own (docs/plugins.md).
@@ -107,16 +107,19 @@ def _clutter(rng: random.Random, image: Image.Image, colours: list[tuple[int, in
 
 def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str, ...],
             colours: list[tuple[int, int, int]]) -> None:
-    """Draw ``text`` glyph by glyph, on the font's baseline (as a line of text sits, descenders
-    below it, lower case the x-height tall) or, one time in four, each glyph centred on its own."""
+    """Draw ``text`` glyph by glyph. Three times in four as a line of text sits: on the font's
+    baseline (descenders below it, lower case the x-height tall), each glyph at its own advance
+    (a narrow one tucked into its neighbours); otherwise each glyph centred on its own, a tile's
+    width apart. Sometimes the line runs off an edge by part of its end glyph."""
     width, height = image.size
     font = rng.choice(fonts)
     size = int(height * rng.uniform(0.45, 0.8))
     rotate, jitter = rng.choice((0, 10, 25, 35)), int(height * rng.uniform(0, 0.15))
     stroke = rng.choice((0, 0, 0, 1, 2)) * size // 24
     skew = rng.choice((0.0, 0.0, 0.12, 0.25))
-    on_baseline = rng.random() < 0.75
-    tiles, rises = [], []  # rise: how far the baseline sits below the tile's centre
+    as_text = rng.random() < 0.75
+    spacing = rng.uniform(-0.15, 0.35) if as_text else rng.uniform(-0.25, 0.3)  # of an advance, of a tile
+    tiles, lefts, rises, pen = [], [], [], 0.0  # rise: how far the baseline sits below the tile's centre
     for i, char in enumerate(text):
         fnt = _font(font, max(8, int(size * rng.uniform(0.85, 1.15))))
         left, top, right, bottom = fnt.getbbox(char, stroke_width=stroke, anchor="ls")
@@ -126,24 +129,34 @@ def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str,
                                   stroke_fill=colour, anchor="ls")
         if skew:
             tile = _perspective(rng, tile, skew)
-        rises.append((4 - top) - tile.height / 2 if on_baseline else 0.0)
-        tiles.append(tile.rotate(rng.uniform(-rotate, rotate), resample=Image.BICUBIC, expand=True))
-    spacing = rng.uniform(-0.25, 0.3)
-    advances = [t.width * (1 + spacing) for t in tiles]
-    total = sum(advances[:-1]) + tiles[-1].width
+        turned = tile.rotate(rng.uniform(-rotate, rotate), resample=Image.BICUBIC, expand=True)
+        if as_text:  # the tile's left edge where the pen puts the glyph's ink, the rotation's growth split
+            lefts.append(pen + left - 4 - (turned.width - tile.width) / 2)
+            rises.append((4 - top) - tile.height / 2)
+            pen += (fnt.getlength(char) + stroke) * (1 + spacing)
+        else:
+            lefts.append(pen)
+            rises.append(0.0)
+            pen += turned.width * (1 + spacing)
+        tiles.append(turned)
+    start = min(lefts)
+    lefts = [x - start for x in lefts]
+    total = max(x + t.width for x, t in zip(lefts, tiles))
     above = max(t.height / 2 + rise for t, rise in zip(tiles, rises))  # the line's extent about its baseline
     below = max(t.height / 2 - rise for t, rise in zip(tiles, rises))
     scale = min(1.0, (width - 4) / total, (height - 2) / (above + below))
     if scale < 1.0:
         tiles = [t.resize((max(1, int(t.width * scale)), max(1, int(t.height * scale))), Image.BICUBIC) for t in tiles]
-        advances, rises = [a * scale for a in advances], [r * scale for r in rises]
+        lefts, rises = [x * scale for x in lefts], [r * scale for r in rises]
         total, above, below = total * scale, above * scale, below * scale
     baseline = (height - above - below) / 2 + above
-    x = rng.uniform(2, max(2.0, width - total - 2))
-    for tile, advance, rise in zip(tiles, advances, rises):
+    x0 = rng.uniform(2, max(2.0, width - total - 2))
+    if rng.random() < 0.15:  # off the right or left edge by up to a third of the end glyph
+        x0 = width - total + tiles[-1].width * rng.uniform(0.1, 0.35) if rng.random() < 0.7 else \
+            -tiles[0].width * rng.uniform(0.1, 0.35)
+    for tile, x, rise in zip(tiles, lefts, rises):
         y = int(baseline - rise - tile.height / 2) + rng.randint(-jitter, jitter)
-        image.paste(tile, (int(x), max(0, min(height - tile.height, y))), tile)
-        x += advance
+        image.paste(tile, (int(x0 + x), max(0, min(height - tile.height, y))), tile)
 
 
 def _perspective(rng: random.Random, tile: Image.Image, amount: float) -> Image.Image:
