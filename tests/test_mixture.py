@@ -93,3 +93,18 @@ def test_glyphs_sit_on_the_fonts_baseline_most_of_the_time():
         bottoms.append(rows_p[-1] - rows_x[-1])
     assert np.median(bottoms) >= 4  # the descender, below the baseline
     assert abs(np.median(tops)) <= np.median(bottoms) / 4
+
+
+def test_a_line_sometimes_runs_off_an_edge():
+    """Text clipped by the image's edge, as some captchas draw it: about one line in seven."""
+    from PIL import Image
+
+    from capserve.plugins.builtin.mixture import _glyphs
+
+    clipped = 0
+    for seed in range(200):
+        image = Image.new("RGB", (160, 60), (255, 255, 255))
+        _glyphs(random.Random(seed), image, "abcde", system_fonts()[:4], [(0, 0, 0)])
+        pixels = np.asarray(image.convert("L"))
+        clipped += bool((pixels[:, 0] < 128).any() or (pixels[:, -1] < 128).any())
+    assert 10 <= clipped <= 60, clipped
