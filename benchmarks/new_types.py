@@ -82,7 +82,7 @@ def blink(rng: random.Random) -> tuple[list[Image.Image], str]:
             draw.ellipse((x, y, x + 2, y + 2), fill=(90, 90, 90, 255))
         rng.shuffle(order)
         shown = set(order[: max(1, len(text) // 2)]) | {k % len(text)}
-        glyphs(frame, text, random.Random(hash(text)), fnt, lambda i: (20, 20, 60, 255), x0=4, y=4, step=28,
+        glyphs(frame, text, random.Random(text), fnt, lambda i: (20, 20, 60, 255), x0=4, y=4, step=28,
                rotate=8, visible=shown)
         frames.append(frame.convert("RGB"))
     return frames, text
