@@ -9,7 +9,8 @@ models were trained on): ``blink`` (animated GIF, each frame shows some characte
 (transparent, every character its own colour), ``poster`` (large, 400x150), ``mixed``
 (case-sensitive serif letters), ``sums`` (arithmetic: the answer is the value), and, held back
 from any tuning, ``wave`` (a sine-warped line of text with speckle) and ``ink`` (red text on a
-green of the same lightness).
+green of the same lightness). The general model's v3 mixture was chosen by reading its v2's
+errors on poster and wave (BENCHMARKS.md, "The general model"): wave is held back no more.
 
 For each style: write ``--train`` labelled images and ``--test`` fresh ones (another seed) as
 folders with a ``labels.csv``; run ``capserve train --site nt-STYLE --data TRAIN --out REGISTRY``
