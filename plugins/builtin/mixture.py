@@ -4,9 +4,10 @@ Each image draws its own style: a font from the fonts given (default: every True
 the system's font folders and of the ``captcha`` package), a background (flat, gradient,
 speckle or blocks), one colour for the text or one per character (always contrasting with the
 background), per-character size, rotation, jitter, perspective and spacing (from overlapping to
-wide) on the font's baseline at the glyphs' advances or centred one by one, sometimes off an edge, strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
-sine warp (gentle to tight), salt-and-pepper noise and a blur. Lengths, charset
-and size are parameters. It is the data a general model learns from; anyone can widen the
+wide) on the font's baseline at the glyphs' advances or centred one by one, sometimes off an
+edge, strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
+sine warp (gentle to tight), salt-and-pepper noise and a blur. Lengths, charset and size are
+parameters. It is the data a general model learns from; anyone can widen the
 mixture with a generator plugin of their own (docs/plugins.md).
 """
 
@@ -152,8 +153,10 @@ def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str,
     baseline = (height - above - below) / 2 + above
     x0 = rng.uniform(2, max(2.0, width - total - 2))
     if rng.random() < 0.15:  # off the right or left edge by up to a third of the end glyph
-        x0 = width - total + tiles[-1].width * rng.uniform(0.1, 0.35) if rng.random() < 0.7 else \
-            -tiles[0].width * rng.uniform(0.1, 0.35)
+        if rng.random() < 0.7:
+            x0 = width - total + tiles[-1].width * rng.uniform(0.1, 0.35)
+        else:
+            x0 = -tiles[0].width * rng.uniform(0.1, 0.35)
     for tile, x, rise in zip(tiles, lefts, rises):
         y = int(baseline - rise - tile.height / 2) + rng.randint(-jitter, jitter)
         image.paste(tile, (int(x0 + x), max(0, min(height - tile.height, y))), tile)
