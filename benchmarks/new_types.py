@@ -11,6 +11,9 @@ models were trained on): ``blink`` (animated GIF, each frame shows some characte
 from any tuning, ``wave`` (a sine-warped line of text with speckle) and ``ink`` (red text on a
 green of the same lightness). The general model's v3 mixture was chosen by reading its v2's
 errors on poster and wave (BENCHMARKS.md, "The general model"): wave is held back no more.
+Four styles were added after that, and held back from any tuning since: ``hollow`` (outlined
+letters), ``grid`` (serif letters on a grid of lines), ``shadow`` (upper case with a drop
+shadow) and ``strike`` (a wavy line through the text, in its colour).
 
 For each style: write ``--train`` labelled images and ``--test`` fresh ones (another seed) as
 folders with a ``labels.csv``; run ``capserve train --site nt-STYLE --data TRAIN --out REGISTRY``
@@ -159,10 +162,68 @@ def ink(rng: random.Random) -> tuple[Image.Image, str]:
     return image.convert("RGB"), text
 
 
+UPPER = "ABCDEFGHJKLMNPRSTUVWXYZ2345679"
+
+
+def hollow(rng: random.Random) -> tuple[Image.Image, str]:
+    text = word(rng, LOWER, 4, 6)
+    paper = tuple(rng.randint(200, 255) for _ in range(3))
+    image = Image.new("RGB", (180, 60), paper)
+    ink = tuple(rng.randint(0, 90) for _ in range(3))
+    fnt = font("DejaVuSans-Bold.ttf", 36)
+    x = 6.0
+    for char in text:  # outlined letters: the stroke inked, the inside the paper's colour
+        ImageDraw.Draw(image).text((x, 8 + rng.randint(-4, 4)), char, font=fnt, fill=paper, stroke_width=2,
+                                   stroke_fill=ink)
+        x += fnt.getlength(char) + rng.uniform(-1, 4)
+    return image.rotate(rng.uniform(-5, 5), resample=Image.BICUBIC, fillcolor=paper), text
+
+
+def grid(rng: random.Random) -> tuple[Image.Image, str]:
+    text = word(rng, LOWER, 5, 5)
+    image = Image.new("RGBA", (160, 60), (255, 255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    line = tuple(rng.randint(90, 170) for _ in range(3)) + (255,)
+    pitch = rng.randint(7, 12)
+    for x in range(rng.randrange(pitch), 160, pitch):
+        draw.line((x, 0, x, 60), fill=line)
+    for y in range(rng.randrange(pitch), 60, pitch):
+        draw.line((0, y, 160, y), fill=line)
+    glyphs(image, text, rng, font("DejaVuSerif-Bold.ttf", 30), lambda i: (0, 0, 0, 255), x0=4, y=2, step=29,
+           rotate=12)
+    return image.convert("RGB"), text
+
+
+def shadow(rng: random.Random) -> tuple[Image.Image, str]:
+    text = word(rng, UPPER, 4, 6)
+    image = Image.new("RGBA", (190, 60), (240, 235, 220, 255))
+    dx, dy = rng.choice((-3, -2, 2, 3)), rng.choice((2, 3))
+    fnt = font("DejaVuSansMono-Bold.ttf", 30)
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    glyphs(layer, text, random.Random(text), fnt, lambda i: (130, 130, 130, 255), x0=6 + dx, y=8 + dy, step=26,
+           rotate=8)
+    image.alpha_composite(layer)  # the same glyphs, a gray shadow beside and below them
+    glyphs(image, text, random.Random(text), fnt, lambda i: (40, 70, 150, 255), x0=6, y=8, step=26, rotate=8)
+    return image.convert("RGB"), text
+
+
+def strike(rng: random.Random) -> tuple[Image.Image, str]:
+    text = word(rng, LOWER, 4, 6)
+    image = Image.new("RGBA", (180, 60), (250, 250, 250, 255))
+    colour = tuple(rng.randint(0, 120) for _ in range(3)) + (255,)
+    glyphs(image, text, rng, font("DejaVuSans.ttf", 32), lambda i: colour, x0=4, y=0, step=25, rotate=15)
+    amplitude, period, phase = rng.uniform(4, 10), rng.uniform(60, 160), rng.uniform(0, 6.3)
+    points = [(x, 30 + amplitude * math.sin(2 * math.pi * x / period + phase)) for x in range(0, 181, 4)]
+    ImageDraw.Draw(image).line(points, fill=colour, width=rng.randint(2, 3))  # through the text, in its colour
+    return image.convert("RGB"), text
+
+
 STYLES = {
     "blink": (blink, "animated"), "glass": (glass, "transparent, colourful"), "poster": (poster, "large"),
     "mixed": (mixed, "case-sensitive"), "sums": (sums, "arithmetic"),
     "wave": (wave, "held back: warped"), "ink": (ink, "held back: hue only"),
+    "hollow": (hollow, "held back: outlined"), "grid": (grid, "held back: on a grid"),
+    "shadow": (shadow, "held back: drop shadow"), "strike": (strike, "held back: struck through"),
 }
 
 
