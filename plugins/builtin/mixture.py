@@ -5,10 +5,11 @@ the system's font folders and of the ``captcha`` package), a background (flat, g
 speckle or blocks), one colour for the text or one per character (always contrasting with the
 background), per-character size, rotation, jitter, perspective and spacing (from overlapping to
 wide) on the font's baseline at the glyphs' advances or centred one by one, sometimes off an
-edge, strokes from thin to heavy, lines, arcs and dots over or under the text, and sometimes a
-sine warp (gentle to tight), salt-and-pepper noise and a blur. Lengths, charset and size are
-parameters. It is the data a general model learns from; anyone can widen the
-mixture with a generator plugin of their own (docs/plugins.md).
+edge, strokes from thin to heavy (sometimes the stroke alone: outlined letters), lines, arcs
+and dots over or under the text, and sometimes a sine warp (gentle to tight), salt-and-pepper
+noise and a blur. Lengths, charset and size are parameters. It is the data a general model
+learns from; anyone can widen the mixture with a generator plugin of their own
+(docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -117,17 +118,20 @@ def _glyphs(rng: random.Random, image: Image.Image, text: str, fonts: tuple[str,
     size = int(height * rng.uniform(0.45, 0.8))
     rotate, jitter = rng.choice((0, 10, 25, 35)), int(height * rng.uniform(0, 0.15))
     stroke = rng.choice((0, 0, 0, 1, 2)) * size // 24
+    hollow = rng.random() < 0.1  # outlined letters: the stroke inked, the inside left clear
+    if hollow:
+        stroke = max(1, round(size * rng.uniform(0.03, 0.08)))
     skew = rng.choice((0.0, 0.0, 0.12, 0.25))
     as_text = rng.random() < 0.75
-    spacing = rng.uniform(-0.15, 0.35) if as_text else rng.uniform(-0.25, 0.3)  # of an advance, of a tile
+    spacing = rng.uniform(-0.3, 0.35) if as_text else rng.uniform(-0.35, 0.3)  # of an advance, of a tile
     tiles, lefts, rises, pen = [], [], [], 0.0  # rise: how far the baseline sits below the tile's centre
     for i, char in enumerate(text):
         fnt = _font(font, max(8, int(size * rng.uniform(0.85, 1.15))))
         left, top, right, bottom = fnt.getbbox(char, stroke_width=stroke, anchor="ls")
         tile = Image.new("RGBA", (right - left + 8, bottom - top + 8), (0, 0, 0, 0))
         colour = (*colours[i % len(colours)], 255)
-        ImageDraw.Draw(tile).text((4 - left, 4 - top), char, font=fnt, fill=colour, stroke_width=stroke,
-                                  stroke_fill=colour, anchor="ls")
+        ImageDraw.Draw(tile).text((4 - left, 4 - top), char, font=fnt, fill=(0, 0, 0, 0) if hollow else colour,
+                                  stroke_width=stroke, stroke_fill=colour, anchor="ls")
         if skew:
             tile = _perspective(rng, tile, skew)
         turned = tile.rotate(rng.uniform(-rotate, rotate), resample=Image.BICUBIC, expand=True)
