@@ -23,7 +23,7 @@ from capserve.plugins.builtin.mixture import mixture
 from capserve.server.app import create_app
 
 REPO = Path(__file__).resolve().parents[1]
-GENERAL = BUNDLED / "general" / "3"
+GENERAL = BUNDLED / "general" / "4"
 
 
 @pytest.fixture(scope="module")
