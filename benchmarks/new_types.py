@@ -49,6 +49,7 @@ from capserve.training.entry import ENTRY_FILE  # noqa: E402
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 LOWER = "abcdefghjkmnpqrstuvwxyz23456789"
 MIXED = "abdefghjkmnqrtyABDEFGHJKLMNQRTY3468"
+UPPER = "ABCDEFGHJKLMNPRSTUVWXYZ2345679"
 
 
 def font(name: str, size: int) -> ImageFont.FreeTypeFont:
@@ -163,19 +164,16 @@ def ink(rng: random.Random) -> tuple[Image.Image, str]:
     return image.convert("RGB"), text
 
 
-UPPER = "ABCDEFGHJKLMNPRSTUVWXYZ2345679"
-
-
 def hollow(rng: random.Random) -> tuple[Image.Image, str]:
     text = word(rng, LOWER, 4, 6)
     paper = tuple(rng.randint(200, 255) for _ in range(3))
     image = Image.new("RGB", (180, 60), paper)
-    ink = tuple(rng.randint(0, 90) for _ in range(3))
+    outline = tuple(rng.randint(0, 90) for _ in range(3))
     fnt = font("DejaVuSans-Bold.ttf", 36)
     x = 6.0
     for char in text:  # outlined letters: the stroke inked, the inside the paper's colour
         ImageDraw.Draw(image).text((x, 8 + rng.randint(-4, 4)), char, font=fnt, fill=paper, stroke_width=2,
-                                   stroke_fill=ink)
+                                   stroke_fill=outline)
         x += fnt.getlength(char) + rng.uniform(-1, 4)
     return image.rotate(rng.uniform(-5, 5), resample=Image.BICUBIC, fillcolor=paper), text
 
